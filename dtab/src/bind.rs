@@ -64,6 +64,9 @@ pub enum Lookup {
 }
 
 /// A service-discovery system mounted under a prefix of the name space (`/#/io.l5d.fs`).
+///
+/// A namer need not know where it is mounted: paths it is asked about and the ids of the
+/// names it binds are relative to the mount prefix, which [`Namers`] adds back.
 pub trait Namer: Send + Sync {
     /// Looks up `path`, which is relative to the namer's mount prefix. The answer reflects the
     /// namer's current state and must not block.
@@ -228,7 +231,8 @@ impl Namers {
 
     /// Asks the namers about `path`, as Linkerd does once the dtab had nothing to say: each
     /// configured namer whose prefix matches, in order, until one gives an answer other than
-    /// `Neg`; then the built-in `/$/` namers. Also returns the configured-namer lookups made.
+    /// `Neg`; then the built-in `/$/` namers. Bound ids come back with the mount prefix. Also
+    /// returns the configured-namer lookups made.
     pub fn lookup(&self, path: &Path) -> (Lookup, Vec<NamerLookup>) {
         let mut asked = Vec::new();
         for (prefix, namer) in &self.mounts {
@@ -239,6 +243,13 @@ impl Namers {
             asked.push(NamerLookup { mount: prefix.clone(), path: rest.clone() });
             match namer.lookup(&rest) {
                 Lookup::Found(NameTree::Neg) => continue,
+                Lookup::Found(tree) => {
+                    let tree = tree.map(&mut |name| match name {
+                        Name::Bound(b) => Name::Bound(BoundName::new(prefix.concat(b.id()), b.residual().clone())),
+                        unbound => unbound,
+                    });
+                    return (Lookup::Found(tree), asked);
+                }
                 answer => return (answer, asked),
             }
         }

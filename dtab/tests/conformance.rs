@@ -20,10 +20,9 @@ struct ErrorNamer {
     prefix: Path,
 }
 
-/// A namer that binds every lookup: id = its prefix, residual = the rest.
-struct EchoNamer {
-    prefix: Path,
-}
+/// A namer that binds every lookup: id = its prefix, residual = the rest. (Ids a namer
+/// returns are relative to its mount, so the id it gives is empty.)
+struct EchoNamer;
 
 impl Namer for ErrorNamer {
     fn lookup(&self, path: &Path) -> Lookup {
@@ -33,7 +32,7 @@ impl Namer for ErrorNamer {
 
 impl Namer for EchoNamer {
     fn lookup(&self, path: &Path) -> Lookup {
-        Lookup::Found(NameTree::Leaf(Name::Bound(BoundName::new(self.prefix.clone(), path.clone()))))
+        Lookup::Found(NameTree::Leaf(Name::Bound(BoundName::new(Path::empty(), path.clone()))))
     }
 }
 
@@ -155,7 +154,7 @@ fn namers(v: &Value) -> Result<Namers, String> {
         let prefix = path(spec, "prefix")?;
         let namer: Arc<dyn Namer> = match text(spec, "kind")? {
             "error" => Arc::new(ErrorNamer { prefix: prefix.clone() }),
-            "echo" => Arc::new(EchoNamer { prefix: prefix.clone() }),
+            "echo" => Arc::new(EchoNamer),
             other => return Err(format!("unknown test namer kind {other:?}")),
         };
         namers.mount(prefix, namer).map_err(|e| e.to_string())?;

@@ -10,6 +10,16 @@
 //! namer's gRPC API, so that a router can bind locally (standalone mode) or through a namer
 //! with the same code.
 
+mod dns;
+mod dtabs;
+mod interpreter;
+pub mod namers;
 mod resolver;
 
+pub use dns::{Dns, DnsFailure};
+pub use dtabs::{DtabSource, FixedDtabs};
+pub use interpreter::{
+    Interpreter, InterpreterMetrics, InterpreterOptions, NamespaceResolver, strip_transformer_prefix,
+};
+pub use namers::{ConfigProblem, NamerConfig, ServiceNamer};
 pub use resolver::{BindState, Resolver};

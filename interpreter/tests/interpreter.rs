@@ -1,0 +1,151 @@
+//! The interpreter keeps bindings and address sets current as dtabs and namers change.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use waymark_dtab::{Addr, Dtab, Path};
+use waymark_interpreter::namers::{FsConfig, NamerConfig};
+use waymark_interpreter::{BindState, Dns, FixedDtabs, Interpreter, InterpreterOptions, Resolver};
+
+fn p(s: &str) -> Path {
+    s.parse().unwrap()
+}
+
+fn d(s: &str) -> Dtab {
+    s.parse().unwrap()
+}
+
+async fn next_matching<T: Clone>(rx: &mut watch::Receiver<T>, pred: impl Fn(&T) -> bool) -> T {
+    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| pred(v)))
+        .await
+        .expect("the watch reaches the expected state in time")
+        .expect("the watch stays open")
+        .clone()
+}
+
+fn shown(state: &BindState) -> String {
+    match state {
+        BindState::Bound(tree) => tree.to_string(),
+        BindState::Pending => "pending".into(),
+        BindState::Failed(e) => format!("failed: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn bindings_follow_the_namespace_dtab_and_overrides() {
+    let dtabs = Arc::new(FixedDtabs::with("default", d("/svc=>/$/inet/127.0.0.1/1")));
+    let interpreter =
+        Interpreter::new(dtabs.clone(), Vec::new(), Dns::from_system(), InterpreterOptions::default()).unwrap();
+    let mut base = interpreter.bind("default", &p("/svc"), &Dtab::empty());
+    assert_eq!(shown(&next_matching(&mut base, |s| *s != BindState::Pending).await), "/$/inet/127.0.0.1/1");
+
+    let mut canary = interpreter.bind("default", &p("/svc"), &d("/svc=>/$/inet/127.0.0.1/2"));
+    assert_eq!(shown(&next_matching(&mut canary, |s| *s != BindState::Pending).await), "/$/inet/127.0.0.1/2");
+
+    dtabs.set("default", Some(d("/svc=>0.9*/$/inet/127.0.0.1/1 & 0.1*/$/inet/127.0.0.1/3")));
+    let updated = next_matching(&mut base, |s| shown(s).contains("/3")).await;
+    assert_eq!(shown(&updated), "0.90*/$/inet/127.0.0.1/1 & 0.10*/$/inet/127.0.0.1/3");
+    // The override still wins over the new base dtab.
+    assert_eq!(shown(&canary.borrow()), "/$/inet/127.0.0.1/2");
+
+    dtabs.set("default", None);
+    assert_eq!(shown(&next_matching(&mut base, |s| shown(s) == "~").await), "~");
+
+    let mut looping = interpreter.bind("default", &p("/loop"), &d("/loop=>/loop"));
+    let failed = next_matching(&mut looping, |s| matches!(s, BindState::Failed(_))).await;
+    assert!(shown(&failed).contains("Max recursion level"), "{}", shown(&failed));
+}
+
+#[tokio::test]
+async fn one_binding_is_shared_by_every_watcher() {
+    let dtabs = Arc::new(FixedDtabs::with("default", d("/svc=>/$/inet/127.0.0.1/1")));
+    let interpreter = Interpreter::new(dtabs, Vec::new(), Dns::from_system(), InterpreterOptions::default()).unwrap();
+    let watchers: Vec<_> = (0..100).map(|_| interpreter.bind("default", &p("/svc/web"), &Dtab::empty())).collect();
+    assert_eq!(interpreter.active_counts().0, 1);
+    assert_eq!(interpreter.active_paths("default"), vec![p("/svc/web")]);
+    drop(watchers);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_bindings_and_address_sets_are_dropped() {
+    let dtabs = Arc::new(FixedDtabs::with("default", d("/svc=>/$/inet/127.0.0.1/1")));
+    let options = InterpreterOptions { idle_ttl: Duration::from_secs(30), ..InterpreterOptions::default() };
+    let interpreter = Interpreter::new(dtabs, Vec::new(), Dns::from_system(), options).unwrap();
+    let mut rx = interpreter.bind("default", &p("/svc"), &Dtab::empty());
+    next_matching(&mut rx, |s| *s != BindState::Pending).await;
+    let mut addr = interpreter.resolve(&p("/$/inet/127.0.0.1/1"));
+    next_matching(&mut addr, |a| *a != Addr::Pending).await;
+    assert_eq!(interpreter.active_counts(), (1, 1));
+    drop((rx, addr));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(interpreter.active_counts(), (1, 1), "kept warm during the idle period");
+    // A watcher that comes back within the idle period finds the same binding.
+    let again = interpreter.bind("default", &p("/svc"), &Dtab::empty());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(interpreter.active_counts(), (1, 0));
+    drop(again);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(interpreter.active_counts(), (0, 0));
+}
+
+#[tokio::test]
+async fn inet_ids_resolve_through_literals_and_dns() {
+    let dtabs = Arc::new(FixedDtabs::new());
+    let interpreter = Interpreter::new(dtabs, Vec::new(), Dns::from_system(), InterpreterOptions::default()).unwrap();
+    let mut literal = interpreter.resolve(&p("/$/inet/127.1/8080"));
+    assert_eq!(
+        next_matching(&mut literal, |a| *a != Addr::Pending).await,
+        Addr::bound(["127.0.0.1:8080".parse().unwrap()])
+    );
+    let mut transformed = interpreter.resolve(&p("/%/io.l5d.port/9/$/inet/127.0.0.1/8080"));
+    assert_eq!(
+        next_matching(&mut transformed, |a| *a != Addr::Pending).await,
+        Addr::bound(["127.0.0.1:8080".parse().unwrap()])
+    );
+    let mut localhost = interpreter.resolve(&p("/$/inet/localhost/80"));
+    let Addr::Bound { addrs, .. } = next_matching(&mut localhost, |a| *a != Addr::Pending).await else {
+        panic!("localhost resolves")
+    };
+    assert!(addrs.iter().all(|a| a.ip.is_loopback() && a.port == 80));
+    let mut failing = interpreter.resolve(&p("/$/fail"));
+    assert!(matches!(next_matching(&mut failing, |a| *a != Addr::Pending).await, Addr::Failed { .. }));
+    let mut nil = interpreter.resolve(&p("/$/nil"));
+    assert_eq!(next_matching(&mut nil, |a| *a != Addr::Pending).await, Addr::bound([]));
+}
+
+#[tokio::test]
+async fn bindings_and_addresses_follow_files_of_the_fs_namer() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web-v1"), "127.0.0.1 8081\n").unwrap();
+    let namers =
+        [NamerConfig::Fs(FsConfig { prefix: "/io.l5d.fs".into(), root_dir: dir.path().into(), poll_interval_ms: 50 })];
+    let dtabs = Arc::new(FixedDtabs::with("default", d("/svc=>/#/io.l5d.fs;/svc/web=>/svc/web-v2 | /svc/web-v1")));
+    let interpreter = Interpreter::from_config(dtabs, &namers, InterpreterOptions::default()).await.unwrap();
+    let resolver = interpreter.namespace("default");
+
+    let mut web = resolver.bind(&p("/svc/web"), &Dtab::empty());
+    assert_eq!(shown(&next_matching(&mut web, |s| *s != BindState::Pending).await), "/#/io.l5d.fs/web-v1");
+    let mut v1 = resolver.resolve(&p("/#/io.l5d.fs/web-v1"));
+    assert_eq!(next_matching(&mut v1, |a| *a != Addr::Pending).await, Addr::bound(["127.0.0.1:8081".parse().unwrap()]));
+
+    // A new file makes the preferred alternative bind: the binding moves without any dtab change.
+    std::fs::write(dir.path().join("web-v2"), "127.0.0.1 8082\n").unwrap();
+    assert_eq!(shown(&next_matching(&mut web, |s| shown(s).contains("v2")).await), "/#/io.l5d.fs/web-v2");
+    assert_eq!(interpreter.bound_names(), vec![p("/#/io.l5d.fs/web-v1"), p("/#/io.l5d.fs/web-v2")]);
+
+    // Addresses follow file contents; an id with a residual resolves through its file.
+    let mut v2 = resolver.resolve(&p("/#/io.l5d.fs/web-v2/extra"));
+    assert_eq!(next_matching(&mut v2, |a| *a != Addr::Pending).await, Addr::bound(["127.0.0.1:8082".parse().unwrap()]));
+    std::fs::write(dir.path().join("web-v2"), "127.0.0.1 9999\n").unwrap();
+    assert_eq!(
+        next_matching(&mut v2, |a| *a != Addr::bound(["127.0.0.1:8082".parse().unwrap()])).await,
+        Addr::bound(["127.0.0.1:9999".parse().unwrap()])
+    );
+    std::fs::remove_file(dir.path().join("web-v2")).unwrap();
+    assert_eq!(next_matching(&mut v2, |a| *a == Addr::Neg).await, Addr::Neg);
+    assert_eq!(shown(&next_matching(&mut web, |s| shown(s).contains("v1")).await), "/#/io.l5d.fs/web-v1");
+
+    let tree = interpreter.delegate("default", &p("/svc/web"), &Dtab::empty()).unwrap();
+    assert_eq!(tree.bound_names().iter().map(|b| b.id().to_string()).collect::<Vec<_>>(), ["/#/io.l5d.fs/web-v1"]);
+}
