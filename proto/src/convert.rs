@@ -502,7 +502,12 @@ fn metadata_from_proto(meta: &BTreeMap<String, String>) -> Map<String, Value> {
     meta.iter()
         .map(|(k, v)| {
             let value = match serde_json::from_str::<Value>(v) {
-                Ok(number @ Value::Number(_)) if k == ADDR_WEIGHT_KEY => number,
+                Ok(Value::Number(n)) if k == ADDR_WEIGHT_KEY => {
+                    // serde_json's own float parsing may be off by an ulp; Rust's is exact, so
+                    // the weight comes back as the very number that was sent.
+                    let exact = n.is_f64().then(|| v.parse().ok().and_then(serde_json::Number::from_f64)).flatten();
+                    Value::Number(exact.unwrap_or(n))
+                }
                 _ => Value::String(v.clone()),
             };
             (k.clone(), value)
