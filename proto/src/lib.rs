@@ -74,3 +74,36 @@ pub mod request;
 pub mod mesh {
     include!("gen/io.linkerd.mesh.rs");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::mesh;
+
+    #[test]
+    fn services_answer_on_linkerds_paths() {
+        assert_eq!(mesh::interpreter_server::SERVICE_NAME, "io.linkerd.mesh.Interpreter");
+        assert_eq!(mesh::resolver_server::SERVICE_NAME, "io.linkerd.mesh.Resolver");
+        assert_eq!(mesh::delegator_server::SERVICE_NAME, "io.linkerd.mesh.Delegator");
+        assert_eq!(mesh::codec_server::SERVICE_NAME, "io.linkerd.mesh.Codec");
+        let bindings = include_str!("gen/io.linkerd.mesh.rs");
+        let rpcs = [
+            "Interpreter/GetBoundTree",
+            "Interpreter/StreamBoundTree",
+            "Resolver/GetReplicas",
+            "Resolver/StreamReplicas",
+            "Delegator/GetDtab",
+            "Delegator/StreamDtab",
+            "Delegator/GetDelegateTree",
+            "Delegator/StreamDelegateTree",
+            "Codec/ReadDtab",
+            "Codec/ShowDtab",
+            "Codec/ReadPath",
+            "Codec/ShowPath",
+        ];
+        for rpc in rpcs {
+            // Once in the client, once in the server's router.
+            let path = format!("\"/io.linkerd.mesh.{rpc}\"");
+            assert_eq!(bindings.matches(&path).count(), 2, "{path}");
+        }
+    }
+}
