@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn canonical_text_is_the_printed_form() {
         let dtab: Dtab = "/svc => /#/io.l5d.fs ; # comment\n/svc/web => 0.9*/a & 0.1*/b;".parse().unwrap();
-        assert_eq!(canonical_text(&dtab).unwrap(), "/svc=>/#/io.l5d.fs;/svc/web=>0.9*/a & 0.1*/b");
+        assert_eq!(canonical_text(&dtab).unwrap(), "/svc=>/#/io.l5d.fs;/svc/web=>0.90*/a & 0.10*/b");
         assert_eq!(canonical_text(&Dtab::empty()).unwrap(), "");
     }
 

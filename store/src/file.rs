@@ -132,6 +132,21 @@ impl FileStore {
             parse_failures: options.parse_failures.clone(),
             broken: Mutex::new(HashMap::new()),
         });
+        // Events start before the first read, so that nothing written in between is missed.
+        let wake = Arc::new(Notify::new());
+        let events = if options.fs_events {
+            match watch_events(&shared.dir, Arc::clone(&wake)) {
+                Ok(watcher) => Some(watcher),
+                Err(error) if shared.dir.is_dir() => {
+                    warn!(%error, poll_interval_ms = options.poll_interval.as_millis(), "no file-system events; polling only");
+                    None
+                }
+                // The directory may not exist yet; try again once it does.
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
         let create_dir = options.create_dir;
         let opened = Arc::clone(&shared);
         blocking(move || {
@@ -142,8 +157,20 @@ impl FileStore {
             Ok(())
         })
         .await?;
+        let events = match events {
+            Some(events) => Some(events),
+            None if options.fs_events => match watch_events(&shared.dir, Arc::clone(&wake)) {
+                Ok(watcher) => Some(watcher),
+                Err(error) => {
+                    warn!(%error, poll_interval_ms = options.poll_interval.as_millis(), "no file-system events; polling only");
+                    None
+                }
+            },
+            None => None,
+        };
         let span = tracing::info_span!("file_store_watch", dir = %shared.dir.display());
-        let watcher = tokio::spawn(follow_directory(Arc::clone(&shared), options).instrument(span));
+        let watcher =
+            tokio::spawn(follow_directory(Arc::clone(&shared), wake, events, options.poll_interval).instrument(span));
         Ok(FileStore { shared, watcher })
     }
 
@@ -596,22 +623,15 @@ impl Shared {
     }
 }
 
-/// Re-reads the directory on file-system events and on every poll tick, until the store is
-/// dropped.
-async fn follow_directory(shared: Arc<Shared>, options: FileStoreOptions) {
-    let wake = Arc::new(Notify::new());
-    let _events = if options.fs_events {
-        match watch_events(&shared.dir, Arc::clone(&wake)) {
-            Ok(watcher) => Some(watcher),
-            Err(error) => {
-                warn!(%error, poll_interval_ms = options.poll_interval.as_millis(), "no file-system events; polling only");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let mut poll = tokio::time::interval(options.poll_interval);
+/// Re-reads the directory when `wake` fires (on file-system events) and on every poll tick,
+/// until the store is dropped. Holds the event watcher so that it lives as long.
+async fn follow_directory(
+    shared: Arc<Shared>,
+    wake: Arc<Notify>,
+    _events: Option<RecommendedWatcher>,
+    poll_interval: Duration,
+) {
+    let mut poll = tokio::time::interval(poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     poll.tick().await;
     loop {
