@@ -145,8 +145,7 @@ impl NamerApp {
         }
         for listener in mesh {
             info!(addr = ?listener.local_addr().ok(), "io.l5d.mesh gRPC API listening");
-            let routes =
-                Mesh::new(interpreter.clone(), store.clone(), stop.clone(), metrics.clone(), timeout).routes();
+            let routes = Mesh::new(interpreter.clone(), store.clone(), stop.clone(), metrics.clone(), timeout).routes();
             let stop = stop.clone();
             servers.spawn(async move {
                 let served = tonic::transport::Server::builder()

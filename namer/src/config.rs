@@ -11,9 +11,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use serde::Deserialize;
+use waymark_admin::LogFormat;
 use waymark_interpreter::namers::validate_all;
 use waymark_interpreter::{InterpreterOptions, NamerConfig as NamerKind};
-use waymark_admin::LogFormat;
 use waymark_store::StoreConfig;
 
 /// The whole namer configuration.
@@ -262,15 +262,11 @@ impl NamerConfig {
 
     /// Reads and validates a configuration file (`-` for standard input).
     pub fn load(file: &str) -> Result<Self, ConfigError> {
-        let text = if file == "-" {
-            std::io::read_to_string(std::io::stdin())
-        } else {
-            std::fs::read_to_string(file)
-        }
-        .map_err(|e| ConfigError {
-            origin: file.to_string(),
-            problems: vec![Problem { at: String::new(), message: format!("cannot read: {e}") }],
-        })?;
+        let text = if file == "-" { std::io::read_to_string(std::io::stdin()) } else { std::fs::read_to_string(file) }
+            .map_err(|e| ConfigError {
+                origin: file.to_string(),
+                problems: vec![Problem { at: String::new(), message: format!("cannot read: {e}") }],
+            })?;
         NamerConfig::from_yaml(&text, file)
     }
 
@@ -282,7 +278,8 @@ impl NamerConfig {
                 errors.0.into_iter().map(|p| Problem { at: format!("storage.{}", p.path), message: p.message }),
             );
         }
-        problems.extend(validate_all(&self.namers, "namers").into_iter().map(|p| Problem { at: p.at, message: p.message }));
+        problems
+            .extend(validate_all(&self.namers, "namers").into_iter().map(|p| Problem { at: p.at, message: p.message }));
         if self.interfaces.is_empty() {
             problems.push(Problem { at: "interfaces".into(), message: "at least one interface is needed".into() });
         }
@@ -293,7 +290,8 @@ impl NamerConfig {
                 continue;
             }
             if let Some((first, _)) = ports[..i].iter().find(|(_, other)| other == addr) {
-                problems.push(Problem { at: format!("{at}.port"), message: format!("{addr} is already used by {first}") });
+                problems
+                    .push(Problem { at: format!("{at}.port"), message: format!("{addr} is already used by {first}") });
             }
         }
         if self.interpreter.max_depth == 0 {
@@ -306,7 +304,8 @@ impl NamerConfig {
             });
         }
         if self.interpreter.request_timeout_ms == 0 {
-            problems.push(Problem { at: "interpreter.request_timeout_ms".into(), message: "must be at least 1".into() });
+            problems
+                .push(Problem { at: "interpreter.request_timeout_ms".into(), message: "must be at least 1".into() });
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
             problems.push(Problem { at: "logging.level".into(), message: format!("not a log filter: {e}") });
@@ -366,7 +365,10 @@ interpreter:
 "#;
         let err = NamerConfig::from_yaml(yaml, "namer.yaml").unwrap_err();
         let at: Vec<&str> = err.problems.iter().map(|p| p.at.as_str()).collect();
-        assert_eq!(at, ["storage.namespaces.bad name", "namers[1].prefix", "interfaces[0].port", "interpreter.max_depth"]);
+        assert_eq!(
+            at,
+            ["storage.namespaces.bad name", "namers[1].prefix", "interfaces[0].port", "interpreter.max_depth"]
+        );
         assert!(err.to_string().starts_with("namer.yaml: 4 problems"), "{err}");
     }
 
