@@ -71,7 +71,7 @@ impl NamerApp {
     pub async fn build(config: NamerConfig, log: Option<LogControl>) -> Result<Self, StartError> {
         let mut registry = Registry::with_prefix("waymark_namer");
         let store_metrics = StoreMetrics::new();
-        store_metrics.register(registry.sub_registry_with_prefix("store"));
+        store_metrics.register(&mut registry);
         let store = config
             .storage
             .build_instrumented(&store_metrics)

@@ -115,15 +115,19 @@ where
     F: Fn(&TreeWatch, &NameTree<BoundLeaf>) -> String + Send + Sync + 'static,
 {
     let render = Arc::new(render);
-    stream::unfold(Some(tree), move |tree| {
+    // The state carries whether a document was just sent: the next one waits for a change.
+    stream::unfold(Some((tree, false)), move |state| {
         let render = render.clone();
         async move {
-            let mut tree = tree?;
+            let (mut tree, sent) = state?;
+            if sent && !tree.changed().await {
+                return None;
+            }
             loop {
                 match tree.current() {
                     TreeState::Bound { tree: bound, complete: true } => {
                         let doc = render(&tree, &bound);
-                        return Some((doc, Some(tree)));
+                        return Some((doc, Some((tree, true))));
                     }
                     TreeState::Failed(e) => return Some((e, None)),
                     TreeState::Pending | TreeState::Bound { .. } => {}
