@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -15,7 +16,7 @@ use waymark_interpreter::Interpreter;
 use waymark_store::{DtabStore, StoreMetrics};
 
 use crate::config::{InterfaceConfig, NamerConfig};
-use crate::grpc::Mesh;
+use crate::grpc::{LinkerdCompat, Mesh};
 use crate::http::HttpApi;
 use crate::metrics::ApiMetrics;
 use crate::source::StoreDtabs;
@@ -151,7 +152,10 @@ impl NamerApp {
                 let served = tonic::transport::Server::builder()
                     .http2_keepalive_interval(Some(GRPC_KEEPALIVE))
                     .add_routes(routes)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listener).map_ok(LinkerdCompat::new),
+                        stop.cancelled_owned(),
+                    )
                     .await;
                 if let Err(error) = served {
                     warn!(%error, "gRPC API server failed");

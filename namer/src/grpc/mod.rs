@@ -22,6 +22,10 @@ use waymark_store::{DtabStore, Namespace, StoreError};
 
 use crate::metrics::{ApiMetrics, OpenStream};
 
+mod linkerd_compat;
+
+pub use linkerd_compat::LinkerdCompat;
+
 /// The state every mesh service shares.
 #[derive(Clone)]
 pub struct Mesh {
