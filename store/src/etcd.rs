@@ -475,7 +475,8 @@ impl Shared {
     async fn trim_history(&self, ns: &Namespace) -> Result<(), StoreError> {
         let mut kv = self.client()?.kv_client();
         let prefix = self.history_prefix(ns);
-        let count = self.call(kv.get(prefix.as_bytes(), Some(GetOptions::new().with_prefix().with_count_only()))).await?;
+        let count =
+            self.call(kv.get(prefix.as_bytes(), Some(GetOptions::new().with_prefix().with_count_only()))).await?;
         let excess = usize::try_from(count.count()).unwrap_or(0).saturating_sub(self.history_limit);
         if excess == 0 {
             return Ok(());
@@ -542,9 +543,8 @@ impl Shared {
     /// Reads every namespace at one revision and publishes them all. Returns that revision.
     async fn relist(&self, client: &Client) -> Result<i64, StoreError> {
         let mut kv = client.kv_client();
-        let keys = self
-            .call(kv.get(self.prefix.as_bytes(), Some(GetOptions::new().with_prefix().with_keys_only())))
-            .await?;
+        let keys =
+            self.call(kv.get(self.prefix.as_bytes(), Some(GetOptions::new().with_prefix().with_keys_only()))).await?;
         let revision = keys.header().map_or(0, |h| h.revision());
         let namespaces: Vec<(Namespace, Vec<u8>)> =
             keys.kvs().iter().filter_map(|kv| Some((self.namespace_of(kv.key())?, kv.key().to_vec()))).collect();
@@ -564,14 +564,15 @@ impl Shared {
         let mut hub = self.hub.lock();
         let mut values = BTreeMap::new();
         let mut broken = self.broken.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        broken.clear();
         for kv in &read {
             let Some(ns) = self.namespace_of(kv.key()) else { continue };
-            match self.parse_value(&ns, kv, &mut broken) {
-                Some(value) => values.insert(ns, value),
-                None => hub.get(&ns).map(|last_good| values.insert(ns, last_good)).flatten(),
-            };
+            // A value that does not parse keeps the last good one, if this instance had one.
+            if let Some(value) = self.parse_value(&ns, kv, &mut broken).or_else(|| hub.get(&ns)) {
+                values.insert(ns, value);
+            }
         }
+        // Forget bad values of namespaces that no longer exist.
+        broken.retain(|ns, _| read.iter().any(|kv| self.namespace_of(kv.key()).as_ref() == Some(ns)));
         self.parse_failures.set_invalid(broken.len());
         drop(broken);
         hub.replace_all(values);

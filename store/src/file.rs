@@ -152,7 +152,8 @@ impl FileStore {
         blocking(move || {
             opened.prepare(create_dir)?;
             let mut changed = opened.rescan();
-            changed.extend(opened.namespaces_with_history().map_err(|e| opened.io_error("read", &opened.history_dir, e))?);
+            changed
+                .extend(opened.namespaces_with_history().map_err(|e| opened.io_error("read", &opened.history_dir, e))?);
             opened.record_outside_changes(&changed);
             Ok(())
         })
@@ -667,8 +668,7 @@ fn watch_events(dir: &Path, wake: Arc<Notify>) -> notify::Result<RecommendedWatc
                     }
                     _ => true,
                 };
-                completes_a_write
-                    && event.paths.iter().any(|p| p.extension().is_some_and(|ext| ext == DTAB_EXTENSION))
+                completes_a_write && event.paths.iter().any(|p| p.extension().is_some_and(|ext| ext == DTAB_EXTENSION))
             }
             Err(_) => true,
         };

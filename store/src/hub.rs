@@ -75,8 +75,7 @@ impl HubGuard<'_> {
     /// Publishes a complete state: every namespace in `values` with its value, every other
     /// one as absent. Used after a full read of the backing data.
     pub(crate) fn replace_all(&mut self, values: BTreeMap<Namespace, VersionedDtab>) {
-        let gone: Vec<Namespace> =
-            self.0.namespaces.keys().filter(|ns| !values.contains_key(*ns)).cloned().collect();
+        let gone: Vec<Namespace> = self.0.namespaces.keys().filter(|ns| !values.contains_key(*ns)).cloned().collect();
         let mut changed = false;
         for ns in gone {
             changed |= self.set_quietly(&ns, None);
@@ -107,7 +106,8 @@ impl HubGuard<'_> {
         };
         // Forget absent namespaces nobody watches, so that watching random names cannot grow
         // the map without bound.
-        let unwatched_absence = state.namespaces.get(ns).is_some_and(|tx| tx.borrow().is_none() && tx.receiver_count() == 0);
+        let unwatched_absence =
+            state.namespaces.get(ns).is_some_and(|tx| tx.borrow().is_none() && tx.receiver_count() == 0);
         if unwatched_absence {
             state.namespaces.remove(ns);
         }

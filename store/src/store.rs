@@ -128,7 +128,9 @@ pub trait DtabStore: Send + Sync + 'static {
         let target = history
             .iter()
             .find_map(|entry| (entry.version == *to).then_some(entry.dtab.as_ref()).flatten())
-            .ok_or_else(|| StoreError::Invalid(format!("namespace {ns} has no dtab at version {to:?} in its history")))?;
+            .ok_or_else(|| {
+            StoreError::Invalid(format!("namespace {ns} has no dtab at version {to:?} in its history"))
+        })?;
         self.update(ns, target, &current.version, meta).await
     }
 }

@@ -14,9 +14,7 @@ use common::{Backend, cas_stress, conformance_tests, dtab, eventually, meta, ns,
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use tempfile::TempDir;
-use waymark_store::{
-    ChangeMeta, DtabStore, FileStore, FileStoreOptions, StoreConfig, StoreError, StoreMetrics,
-};
+use waymark_store::{ChangeMeta, DtabStore, FileStore, FileStoreOptions, StoreConfig, StoreError, StoreMetrics};
 
 /// Store instances over one temporary directory, each with its own lock handles and
 /// file-system watcher, as separate processes would have.
@@ -50,7 +48,10 @@ impl Backend for FileBackend {
     }
 }
 
-conformance_tests!(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] FileBackend::new());
+conformance_tests!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    FileBackend::new()
+);
 
 fn scrape(registry: &Registry) -> String {
     let mut text = String::new();
@@ -94,7 +95,10 @@ async fn hand_edits_reach_watchers_and_history() {
     assert_eq!(history.len(), 2);
     assert_eq!(history[0].version, seen.version);
     assert_eq!(history[0].dtab, Some(dtab("/a=>/c")));
-    assert_eq!((history[0].author.as_deref(), history[0].message.as_deref()), (None, Some("changed outside the store")));
+    assert_eq!(
+        (history[0].author.as_deref(), history[0].message.as_deref()),
+        (None, Some("changed outside the store"))
+    );
 
     // The version of a hand edit works for compare-and-swap like any other.
     store.update(&ns("web"), &dtab("/a=>/d"), &seen.version, &meta()).await.unwrap();
@@ -157,7 +161,10 @@ async fn a_file_that_does_not_parse_keeps_the_last_good_dtab_and_is_counted() {
     assert!(scrape(&registry).contains("waymark_store_invalid_entries 0"));
     // Broken content never enters history.
     let history = store.history(&ns("web")).await.unwrap();
-    assert_eq!(history.iter().map(|e| e.dtab.clone().unwrap().to_string()).collect::<Vec<_>>(), ["/a=>/fixed", "/a=>/good"]);
+    assert_eq!(
+        history.iter().map(|e| e.dtab.clone().unwrap().to_string()).collect::<Vec<_>>(),
+        ["/a=>/fixed", "/a=>/good"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,8 +190,10 @@ async fn another_process_writing_the_directory_is_seen() {
     let script = "printf '/svc => /s/from-a-process\\n' > \"$1/.web.tmp\" && mv \"$1/.web.tmp\" \"$1/web.dtab\"";
     let status = Command::new("sh").args(["-c", script, "sh"]).arg(backend.dir.path()).status().unwrap();
     assert!(status.success());
-    until(&mut rx, "the other process's write", |v| v.as_ref().is_some_and(|v| v.dtab == dtab("/svc=>/s/from-a-process")))
-        .await;
+    until(&mut rx, "the other process's write", |v| {
+        v.as_ref().is_some_and(|v| v.dtab == dtab("/svc=>/s/from-a-process"))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,7 +265,8 @@ async fn a_missing_directory_is_an_error_unless_it_may_be_created() {
     let missing = backend.path("not/yet");
     let result = FileStore::open(FileStoreOptions::new(&missing)).await;
     assert!(matches!(&result, Err(StoreError::Invalid(msg)) if msg.contains("does not exist")), "{result:?}");
-    let store = FileStore::open(FileStoreOptions { create_dir: true, ..FileStoreOptions::new(&missing) }).await.unwrap();
+    let store =
+        FileStore::open(FileStoreOptions { create_dir: true, ..FileStoreOptions::new(&missing) }).await.unwrap();
     store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
     assert!(missing.join("web.dtab").exists());
 }

@@ -19,7 +19,10 @@ impl Backend for MemoryBackend {
     }
 }
 
-conformance_tests!(#[tokio::test(start_paused = true)] MemoryBackend::default());
+conformance_tests!(
+    #[tokio::test(start_paused = true)]
+    MemoryBackend::default()
+);
 
 #[tokio::test(start_paused = true)]
 async fn versions_count_writes_as_namerd_does() {

@@ -89,7 +89,11 @@ pub(crate) fn meta() -> ChangeMeta {
 }
 
 /// Waits until the watched value satisfies `pred`, and returns it.
-pub(crate) async fn until<T: Clone + Debug>(rx: &mut watch::Receiver<T>, what: &str, mut pred: impl FnMut(&T) -> bool) -> T {
+pub(crate) async fn until<T: Clone + Debug>(
+    rx: &mut watch::Receiver<T>,
+    what: &str,
+    mut pred: impl FnMut(&T) -> bool,
+) -> T {
     let outcome = tokio::time::timeout(HANG_GUARD, rx.wait_for(|v| pred(v))).await.map(|r| r.map(|v| v.clone()));
     match outcome {
         Ok(Ok(value)) => value,
@@ -102,8 +106,7 @@ pub(crate) async fn until<T: Clone + Debug>(rx: &mut watch::Receiver<T>, what: &
 pub(crate) async fn until_dtab(store: &dyn DtabStore, name: &str, expected: Option<&str>) -> Option<VersionedDtab> {
     let mut rx = store.watch(&ns(name));
     let expected = expected.map(dtab);
-    until(&mut rx, &format!("{name} to hold {expected:?}"), |v| v.as_ref().map(|v| &v.dtab) == expected.as_ref())
-        .await
+    until(&mut rx, &format!("{name} to hold {expected:?}"), |v| v.as_ref().map(|v| &v.dtab) == expected.as_ref()).await
 }
 
 /// Polls `check` until it holds, for state that has no watch (such as metrics).
@@ -180,10 +183,7 @@ pub(crate) async fn update_with_a_foreign_version_conflicts(b: &dyn Backend) {
 pub(crate) async fn update_of_a_missing_namespace_is_not_found(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let other = store.create(&ns("other"), &dtab("/a=>/b"), &meta()).await.unwrap();
-    assert_eq!(
-        store.update(&ns("web"), &dtab("/a=>/b"), &other, &meta()).await,
-        Err(StoreError::NotFound(ns("web")))
-    );
+    assert_eq!(store.update(&ns("web"), &dtab("/a=>/b"), &other, &meta()).await, Err(StoreError::NotFound(ns("web"))));
     assert_eq!(
         store.update(&ns("web"), &dtab("/a=>/b"), &Version::from_bytes("0"), &meta()).await,
         Err(StoreError::NotFound(ns("web")))
@@ -239,7 +239,8 @@ pub(crate) async fn list_is_sorted(b: &dyn Backend) {
 
 pub(crate) async fn dtabs_round_trip_in_canonical_form(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
-    let written = dtab("/svc => /#/io.l5d.k8s/prod/http ;\n# canary\n/svc/web => 0.9 * /s/web-v1 & 0.1 * /s/web-v2 | /s/old;");
+    let written =
+        dtab("/svc => /#/io.l5d.k8s/prod/http ;\n# canary\n/svc/web => 0.9 * /s/web-v1 & 0.1 * /s/web-v2 | /s/old;");
     store.create(&ns("web"), &written, &meta()).await.unwrap();
     let got = store.get(&ns("web")).await.unwrap();
     assert_eq!(got.dtab, written);
@@ -261,10 +262,9 @@ pub(crate) async fn an_invalid_dtab_is_rejected_and_never_stored(b: &dyn Backend
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let dentry = format!("/{0}=>/{0}", "a".repeat(1000));
     let oversized = dtab(&vec![dentry; MAX_DTAB_BYTES / 2000 + 1].join(";"));
-    for result in [
-        store.create(&ns("big"), &oversized, &meta()).await,
-        store.put(&ns("big"), &oversized, &meta()).await,
-    ] {
+    for result in
+        [store.create(&ns("big"), &oversized, &meta()).await, store.put(&ns("big"), &oversized, &meta()).await]
+    {
         assert!(matches!(&result, Err(StoreError::Invalid(msg)) if msg.contains("limit")), "{result:?}");
     }
     assert_eq!(store.get(&ns("big")).await, Err(StoreError::NotFound(ns("big"))));
@@ -349,7 +349,8 @@ pub(crate) async fn history_records_every_write_newest_first_with_author_and_mes
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let v1 = store.create(&ns("web"), &dtab("/a=>/1"), &ChangeMeta::by("alice").with_message("first")).await.unwrap();
     let v2 = store.put(&ns("web"), &dtab("/a=>/2"), &ChangeMeta::by("bob")).await.unwrap();
-    let v3 = store.update(&ns("web"), &dtab("/a=>/3"), &v2, &ChangeMeta::default().with_message("third")).await.unwrap();
+    let v3 =
+        store.update(&ns("web"), &dtab("/a=>/3"), &v2, &ChangeMeta::default().with_message("third")).await.unwrap();
     store.delete(&ns("web"), &ChangeMeta::by("carol").with_message("gone")).await.unwrap();
 
     let history = store.history(&ns("web")).await.unwrap();
