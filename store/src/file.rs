@@ -132,43 +132,34 @@ impl FileStore {
             parse_failures: options.parse_failures.clone(),
             broken: Mutex::new(HashMap::new()),
         });
-        // Events start before the first read, so that nothing written in between is missed.
+        // Events start before the first read, so that nothing written in between is missed;
+        // a directory about to be created gets them right after.
         let wake = Arc::new(Notify::new());
-        let events = if options.fs_events {
-            match watch_events(&shared.dir, Arc::clone(&wake)) {
-                Ok(watcher) => Some(watcher),
-                Err(error) if shared.dir.is_dir() => {
-                    warn!(%error, poll_interval_ms = options.poll_interval.as_millis(), "no file-system events; polling only");
-                    None
-                }
-                // The directory may not exist yet; try again once it does.
-                Err(_) => None,
-            }
-        } else {
-            None
+        let start_events = || {
+            watch_events(&shared.dir, Arc::clone(&wake))
+                .inspect_err(|error| {
+                    let poll_interval_ms = options.poll_interval.as_millis();
+                    warn!(%error, poll_interval_ms, "no file-system events; polling only");
+                })
+                .ok()
         };
+        let early = options.fs_events && shared.dir.is_dir();
+        let mut events = if early { start_events() } else { None };
         let create_dir = options.create_dir;
         let opened = Arc::clone(&shared);
         blocking(move || {
             opened.prepare(create_dir)?;
             let mut changed = opened.rescan();
-            changed
-                .extend(opened.namespaces_with_history().map_err(|e| opened.io_error("read", &opened.history_dir, e))?);
+            let with_history =
+                opened.namespaces_with_history().map_err(|e| opened.io_error("read", &opened.history_dir, e))?;
+            changed.extend(with_history);
             opened.record_outside_changes(&changed);
             Ok(())
         })
         .await?;
-        let events = match events {
-            Some(events) => Some(events),
-            None if options.fs_events => match watch_events(&shared.dir, Arc::clone(&wake)) {
-                Ok(watcher) => Some(watcher),
-                Err(error) => {
-                    warn!(%error, poll_interval_ms = options.poll_interval.as_millis(), "no file-system events; polling only");
-                    None
-                }
-            },
-            None => None,
-        };
+        if options.fs_events && !early {
+            events = start_events();
+        }
         let span = tracing::info_span!("file_store_watch", dir = %shared.dir.display());
         let watcher =
             tokio::spawn(follow_directory(Arc::clone(&shared), wake, events, options.poll_interval).instrument(span));
@@ -270,7 +261,7 @@ impl DtabStore for FileStore {
             let records = shared.with_lock(false, || shared.read_history(&ns))?;
             let path = shared.history_path(&ns);
             let records = records.map_err(|e| shared.io_error("read", &path, e))?;
-            let mut entries: Vec<HistoryEntry> = records
+            let entries: Vec<HistoryEntry> = records
                 .into_iter()
                 .rev()
                 .take(shared.history_limit)
@@ -282,7 +273,6 @@ impl DtabStore for FileStore {
                     }
                 })
                 .collect();
-            entries.truncate(shared.history_limit);
             if entries.is_empty() && !shared.dtab_path(&ns).exists() {
                 return Err(StoreError::NotFound(ns));
             }

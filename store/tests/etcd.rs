@@ -278,3 +278,34 @@ async fn compare_and_swap_through_two_instances_loses_no_update() {
     let second = backend.open(2000).await;
     cas_stress(first, second, 8, 200).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password_authenticate_and_a_wrong_password_says_why() {
+    let backend = EtcdBackend::start();
+    let mut raw = backend.raw().await;
+    raw.user_add("root", "root-secret", None).await.unwrap();
+    raw.user_grant_role("root", "root").await.unwrap();
+    raw.auth_enable().await.unwrap();
+
+    let with_password = |password: &str| EtcdStoreOptions {
+        credentials: Some(("root".to_string(), password.to_string())),
+        ..backend.options(backend.server.endpoint(), 10)
+    };
+    let store = backend.connect(with_password("root-secret")).await;
+    store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
+    until_dtab(&store, "web", Some("/a=>/b")).await;
+
+    // Wrong credentials are a configuration error, reported at once rather than retried.
+    match EtcdStore::connect(with_password("wrong")).await {
+        Err(StoreError::Invalid(cause)) => assert!(cause.contains("authentication failed"), "{cause}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    let unauthenticated = EtcdStore::connect(backend.options(backend.server.endpoint(), 10)).await.unwrap();
+    let health = until(&mut unauthenticated.health(), "the refusal", |h| h.last_error.is_some()).await;
+    assert!(!health.synced, "{health:?}");
+    let result = unauthenticated.get(&ns("web")).await;
+    assert!(
+        matches!(&result, Err(StoreError::Unavailable(cause)) if cause.contains("user name is empty")),
+        "{result:?}"
+    );
+}
