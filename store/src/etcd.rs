@@ -262,7 +262,7 @@ impl DtabStore for EtcdStore {
         if !response.succeeded() {
             return Err(StoreError::Exists);
         }
-        s.written(ns).await;
+        s.written(ns, &response).await;
         Ok(revision_version(txn_revision(&response)))
     }
 
@@ -271,7 +271,7 @@ impl DtabStore for EtcdStore {
         let text = canonical_text(dtab)?;
         let txn = Txn::new().and_then(s.write_ops(ns, Some(&text), meta));
         let response = s.call(s.client()?.kv_client().txn(txn)).await?;
-        s.written(ns).await;
+        s.written(ns, &response).await;
         Ok(revision_version(txn_revision(&response)))
     }
 
@@ -297,7 +297,7 @@ impl DtabStore for EtcdStore {
             let exists = response.op_responses().iter().any(|r| matches!(r, TxnOpResponse::Get(g) if g.count() > 0));
             return Err(if exists { StoreError::Conflict } else { StoreError::NotFound(ns.clone()) });
         }
-        s.written(ns).await;
+        s.written(ns, &response).await;
         Ok(revision_version(txn_revision(&response)))
     }
 
@@ -311,7 +311,7 @@ impl DtabStore for EtcdStore {
         if !response.succeeded() {
             return Err(StoreError::NotFound(ns.clone()));
         }
-        s.written(ns).await;
+        s.written(ns, &response).await;
         Ok(())
     }
 
@@ -382,7 +382,8 @@ impl Shared {
         namespace_of(&self.prefix, key)
     }
 
-    /// The operations of a write: the value (or its deletion) and its history record.
+    /// The operations of a write: the value (or its deletion), its history record, and a
+    /// count of the history records, to know when to trim them.
     fn write_ops(&self, ns: &Namespace, text: Option<&str>, meta: &ChangeMeta) -> Vec<TxnOp> {
         let key = self.key(ns);
         let record = HistoryRecord::new(None, text, SystemTime::now(), meta).to_json();
@@ -390,7 +391,12 @@ impl Shared {
             Some(text) => TxnOp::put(key.as_bytes(), text.as_bytes(), None),
             None => TxnOp::delete(key.as_bytes(), None),
         };
-        vec![change, TxnOp::put(self.history_key(ns).as_bytes(), record.as_bytes(), None)]
+        let count = GetOptions::new().with_prefix().with_count_only();
+        vec![
+            change,
+            TxnOp::put(self.history_key(ns).as_bytes(), record.as_bytes(), None),
+            TxnOp::get(self.history_prefix(ns).as_bytes(), Some(count)),
+        ]
     }
 
     fn client(&self) -> Result<Client, StoreError> {
@@ -492,23 +498,26 @@ impl Shared {
         });
     }
 
-    /// After a successful write: keeps the namespace's history within its limit. A failure
-    /// here only delays trimming to the next write.
-    async fn written(&self, ns: &Namespace) {
-        if let Err(error) = self.trim_history(ns).await {
+    /// After a successful write: keeps the namespace's history within its limit. The write's
+    /// transaction counted the history entries, so this costs nothing until there are too many.
+    /// A failure here only delays trimming to the next write.
+    async fn written(&self, ns: &Namespace, response: &TxnResponse) {
+        let count = response.op_responses().iter().rev().find_map(|op| match op {
+            TxnOpResponse::Get(get) => Some(get.count()),
+            _ => None,
+        });
+        let excess = usize::try_from(count.unwrap_or(0)).unwrap_or(0).saturating_sub(self.history_limit);
+        if excess == 0 {
+            return;
+        }
+        if let Err(error) = self.trim_history(ns, excess).await {
             debug!(namespace = %ns, %error, "could not trim history");
         }
     }
 
-    async fn trim_history(&self, ns: &Namespace) -> Result<(), StoreError> {
+    async fn trim_history(&self, ns: &Namespace, excess: usize) -> Result<(), StoreError> {
         let mut kv = self.client()?.kv_client();
         let prefix = self.history_prefix(ns);
-        let count =
-            self.call(kv.get(prefix.as_bytes(), Some(GetOptions::new().with_prefix().with_count_only()))).await?;
-        let excess = usize::try_from(count.count()).unwrap_or(0).saturating_sub(self.history_limit);
-        if excess == 0 {
-            return Ok(());
-        }
         let oldest = GetOptions::new()
             .with_prefix()
             .with_keys_only()
