@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::{Backend, HANG_GUARD, cas_stress, conformance_tests, dtab, eventually, meta, ns, until, until_dtab};
 use etcd_client::{Client, CompactionOptions, GetOptions};
-use waymark_store::{DtabStore, EtcdStore, EtcdStoreOptions, StoreError, StoreHealth, Version};
-use waymark_test_support::{EtcdServer, TcpProxy};
+use waymark_store::{DtabStore, EtcdStore, EtcdStoreOptions, StoreConfig, StoreError, StoreHealth, Version};
+use waymark_test_support::{EtcdServer, EtcdServerTls, TcpProxy, TestCa};
 
 /// Store instances over one etcd server and key prefix.
 struct EtcdBackend {
@@ -308,4 +308,62 @@ async fn user_and_password_authenticate_and_a_wrong_password_says_why() {
         matches!(&result, Err(StoreError::Unavailable(cause)) if cause.contains("user name is empty")),
         "{result:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_client_certificate_from_the_configuration() {
+    waymark_test_support::init_tracing();
+    let ca = TestCa::new("etcd test CA").unwrap();
+    let tls = EtcdServerTls {
+        server: ca.issue(&["127.0.0.1", "localhost"]).unwrap(),
+        client_ca_pem: ca.cert_pem().to_string(),
+        client_cert_auth: true,
+    };
+    let server = tokio::task::block_in_place(|| EtcdServer::start_tls(tls)).unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: &str| {
+        let path = files.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let client = ca.issue(&["waymark"]).unwrap();
+    let (ca_path, cert_path, key_path) = (
+        write("ca.pem", ca.cert_pem()),
+        write("client.pem", &client.cert_pem),
+        write("client-key.pem", &client.key_pem),
+    );
+    let config = |tls: &str| -> StoreConfig {
+        let yaml =
+            format!("kind: etcd\nendpoints: [{}]\nrequest_timeout_ms: 2000\ntls: {{ {tls} }}\n", server.endpoint());
+        serde_saphyr::from_str(&yaml).unwrap()
+    };
+
+    let store = config(&format!("ca_cert_path: {ca_path}, cert_path: {cert_path}, key_path: {key_path}"))
+        .build()
+        .await
+        .unwrap();
+    synced(store.as_ref()).await;
+    store.create(&ns("web"), &dtab("/a=>/tls"), &meta()).await.unwrap();
+    until_dtab(store.as_ref(), "web", Some("/a=>/tls")).await;
+
+    // etcd requires a client certificate.
+    let anonymous = config(&format!("ca_cert_path: {ca_path}")).build().await.unwrap();
+    until(&mut anonymous.health(), "the refusal", |h| h.last_error.is_some()).await;
+    assert!(matches!(anonymous.get(&ns("web")).await, Err(StoreError::Unavailable(_))));
+
+    // A CA that did not sign etcd's certificate is not trusted.
+    let other_ca = TestCa::new("another CA").unwrap();
+    let stranger = config(&format!(
+        "ca_cert_path: {}, cert_path: {cert_path}, key_path: {key_path}",
+        write("other.pem", other_ca.cert_pem())
+    ))
+    .build()
+    .await
+    .unwrap();
+    let health = until(&mut stranger.health(), "the refusal", |h| h.last_error.is_some()).await;
+    assert!(!health.synced, "{health:?}");
+    match stranger.get(&ns("web")).await {
+        Err(StoreError::Unavailable(cause)) => assert!(cause.to_lowercase().contains("certificate"), "{cause}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
 }
