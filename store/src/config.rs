@@ -152,6 +152,19 @@ pub struct ConfigProblem {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigProblem>);
 
+impl Default for StoreConfig {
+    /// An empty memory store.
+    fn default() -> Self {
+        StoreConfig::Memory(MemoryConfig::default())
+    }
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig { namespaces: BTreeMap::new(), history_limit: DEFAULT_HISTORY_LIMIT }
+    }
+}
+
 impl StoreConfig {
     /// The backend's name, as written in `kind`.
     pub fn kind(&self) -> &'static str {

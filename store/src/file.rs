@@ -631,7 +631,9 @@ async fn follow_directory(
             _ = poll.tick() => {}
         }
         let scanning = Arc::clone(&shared);
+        let span = tracing::Span::current();
         let scanned = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             let changed = scanning.rescan();
             scanning.record_outside_changes(&changed);
         })
@@ -714,11 +716,12 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Runs blocking file work off the async threads.
+/// Runs blocking file work off the async threads, in the caller's span.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("file store task failed: {e}"))))
 }
