@@ -203,7 +203,7 @@ impl EtcdStore {
         match shared.connect_client().await {
             Ok(_) => {}
             Err(StoreError::Invalid(cause)) => return Err(StoreError::Invalid(cause)),
-            Err(e) => shared.set_health(false, Some(e.to_string())),
+            Err(e) => shared.set_health(false, Some(cause_text(&e))),
         }
         let span = tracing::info_span!("etcd_store_sync", endpoints = ?shared.endpoints, prefix = %shared.prefix);
         let sync = tokio::spawn(Arc::clone(&shared).sync().instrument(span));
@@ -426,7 +426,7 @@ impl Shared {
             }
             Ok(Err(e)) => {
                 let error = self.error(e);
-                self.set_health(false, Some(error.to_string()));
+                self.set_health(false, Some(cause_text(&error)));
                 return Err(error);
             }
             Err(_) => {

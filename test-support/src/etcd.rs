@@ -27,7 +27,7 @@ const START_ATTEMPTS: usize = 4;
 ///
 /// [`EtcdServer::kill`] and [`EtcdServer::restart`] keep the data directory and ports, so a
 /// restarted server has every key and revision of the old one, at the same address. The
-/// methods block (for up to [`READY_TIMEOUT`] while waiting for etcd), so async tests should
+/// methods block (for up to 30 s while waiting for etcd), so async tests should
 /// use a multi-threaded runtime or call them from `spawn_blocking`.
 #[derive(Debug)]
 pub struct EtcdServer {
