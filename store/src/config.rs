@@ -30,6 +30,8 @@ use crate::store::{ChangeMeta, DtabStore};
 /// Which store keeps the dtabs, chosen by `kind`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", deny_unknown_fields)]
+// Read once at start-up, so the size of the etcd variant costs nothing worth a `Box`.
+#[allow(clippy::large_enum_variant)]
 pub enum StoreConfig {
     /// In this process only; lost on exit. For tests and demos.
     #[serde(rename = "memory", alias = "io.l5d.inMemory")]
@@ -52,12 +54,6 @@ pub struct MemoryConfig {
     /// How many history entries each namespace keeps (at least 1).
     #[serde(default = "default_history_limit")]
     pub history_limit: usize,
-}
-
-impl Default for MemoryConfig {
-    fn default() -> Self {
-        MemoryConfig { namespaces: BTreeMap::new(), history_limit: default_history_limit() }
-    }
 }
 
 /// `kind: file`.
@@ -155,6 +151,19 @@ pub struct ConfigProblem {
 /// Every problem in a store configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl Default for StoreConfig {
+    /// An empty memory store.
+    fn default() -> Self {
+        StoreConfig::Memory(MemoryConfig::default())
+    }
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig { namespaces: BTreeMap::new(), history_limit: DEFAULT_HISTORY_LIMIT }
+    }
+}
 
 impl StoreConfig {
     /// The backend's name, as written in `kind`.
@@ -415,4 +424,168 @@ fn default_keep_alive_interval_ms() -> u64 {
 
 fn default_max_backoff_ms() -> u64 {
     5000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<StoreConfig, String> {
+        serde_saphyr::from_str(yaml).map_err(|e| e.to_string())
+    }
+
+    fn problems(config: &StoreConfig) -> Vec<String> {
+        match config.validate() {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn memory_accepts_namerds_kind_and_namespaces() {
+        for kind in ["memory", "io.l5d.inMemory"] {
+            let config = parse(&format!("kind: {kind}\nnamespaces:\n  default: /svc => /#/io.l5d.fs\n")).unwrap();
+            let StoreConfig::Memory(memory) = &config else { panic!("{config:?}") };
+            assert_eq!(memory.namespaces["default"], "/svc => /#/io.l5d.fs");
+            assert_eq!(memory.history_limit, DEFAULT_HISTORY_LIMIT);
+            assert_eq!(config.kind(), "memory");
+            assert_eq!(problems(&config), Vec::<String>::new());
+        }
+    }
+
+    #[test]
+    fn file_fills_in_defaults() {
+        let config = parse("kind: file\ndir: dtabs\n").unwrap();
+        assert_eq!(
+            config,
+            StoreConfig::File(FileConfig {
+                dir: PathBuf::from("dtabs"),
+                create_dir: false,
+                history_limit: 100,
+                poll_interval_ms: 2000,
+                fs_events: true,
+            })
+        );
+    }
+
+    #[test]
+    fn etcd_reads_every_field() {
+        let yaml = "
+kind: etcd
+endpoints: [https://etcd-0:2379, etcd-1:2379]
+prefix: /mesh/dtabs/
+tls: { ca_cert_path: /ca.pem, cert_path: /c.pem, key_path: /k.pem, server_name: etcd }
+user: waymark
+password: hunter2
+connect_timeout_ms: 100
+request_timeout_ms: 200
+keep_alive_interval_ms: 300
+max_backoff_ms: 400
+history_limit: 7
+";
+        let StoreConfig::Etcd(etcd) = parse(yaml).unwrap() else { panic!() };
+        assert_eq!(etcd.endpoints, ["https://etcd-0:2379", "etcd-1:2379"]);
+        assert_eq!(etcd.prefix, "/mesh/dtabs/");
+        let tls = etcd.tls.clone().unwrap();
+        assert_eq!(tls.ca_cert_path, PathBuf::from("/ca.pem"));
+        assert_eq!(tls.server_name.as_deref(), Some("etcd"));
+        assert_eq!(etcd.password.as_ref().map(Secret::expose), Some("hunter2"));
+        assert_eq!(
+            (etcd.connect_timeout_ms, etcd.request_timeout_ms, etcd.keep_alive_interval_ms, etcd.max_backoff_ms),
+            (100, 200, 300, 400)
+        );
+        assert_eq!(etcd.history_limit, 7);
+        assert_eq!(problems(&StoreConfig::Etcd(etcd.clone())), Vec::<String>::new());
+        assert!(!format!("{etcd:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn etcd_defaults_to_a_local_server() {
+        let StoreConfig::Etcd(etcd) = parse("kind: etcd\n").unwrap() else { panic!() };
+        assert_eq!(etcd.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(etcd.prefix, "/waymark/dtabs/");
+        assert_eq!((etcd.connect_timeout_ms, etcd.request_timeout_ms), (2000, 5000));
+    }
+
+    #[test]
+    fn unknown_kinds_and_fields_are_rejected() {
+        for (yaml, expected) in [
+            ("kind: zookeeper\n", "zookeeper"),
+            ("kind: file\ndir: d\npoll_interval: 5\n", "poll_interval"),
+            ("kind: etcd\ntls: { ca_cert_path: /ca, ca: x }\n", "ca"),
+            ("kind: memory\nexperimental: true\n", "experimental"),
+            ("dir: d\n", "kind"),
+        ] {
+            let error = parse(yaml).unwrap_err();
+            assert!(error.contains(expected), "{yaml:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn validation_reports_every_problem_with_its_path() {
+        let yaml = "
+kind: etcd
+endpoints: [http://ok:2379, 'ftp://x:1', 'a b', https://y:1]
+prefix: /no-slash
+user: u
+password_file: /p
+password: p
+connect_timeout_ms: 0
+history_limit: 0
+";
+        let config = parse(yaml).unwrap();
+        assert_eq!(
+            problems(&config),
+            [
+                "endpoints[1]: unknown scheme \"ftp\": use http or https",
+                "endpoints[2]: \"a b\" is not a host:port URL such as http://127.0.0.1:2379",
+                "endpoints[3]: uses https, which needs tls.ca_cert_path",
+                "prefix: \"/no-slash\" must be non-empty and end with '/'",
+                "password_file: give password or password_file, not both",
+                "connect_timeout_ms: must be at least 1",
+                "history_limit: must be at least 1",
+            ]
+        );
+
+        let memory = parse("kind: memory\nnamespaces:\n  'bad/name': /a=>/b\n  ok: '/a => ('\n").unwrap();
+        let found = problems(&memory);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("namespaces.bad/name: invalid namespace name"), "{found:?}");
+        assert!(found[1].starts_with("namespaces.ok: invalid dtab"), "{found:?}");
+
+        let file = parse("kind: file\ndir: ''\npoll_interval_ms: 0\nhistory_limit: 0\n").unwrap();
+        assert_eq!(problems(&file).len(), 3);
+
+        let etcd = parse("kind: etcd\nendpoints: []\nuser: u\ntls: { ca_cert_path: /ca, cert_path: /c }\n").unwrap();
+        assert_eq!(
+            problems(&etcd),
+            [
+                "endpoints: must list at least one etcd client URL",
+                "user: needs password or password_file",
+                "tls.key_path: needed with tls.cert_path"
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn build_refuses_an_invalid_configuration_with_every_problem() {
+        let config = parse("kind: file\ndir: ''\nhistory_limit: 0\n").unwrap();
+        match config.build().await {
+            Err(StoreError::Invalid(msg)) => {
+                assert!(msg.contains("dir: must name a directory") && msg.contains("history_limit"), "{msg}");
+            }
+            other => panic!("expected Invalid, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[tokio::test]
+    async fn build_reports_unreadable_tls_files() {
+        let config =
+            parse("kind: etcd\nendpoints: [https://127.0.0.1:1]\ntls: { ca_cert_path: /nonexistent/ca.pem }\n")
+                .unwrap();
+        match config.build().await {
+            Err(StoreError::Invalid(msg)) => assert!(msg.contains("tls.ca_cert_path: /nonexistent/ca.pem"), "{msg}"),
+            other => panic!("expected Invalid, got {:?}", other.map(|_| ())),
+        }
+    }
 }

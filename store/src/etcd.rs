@@ -52,9 +52,10 @@ pub const DEFAULT_PREFIX: &str = "/waymark/dtabs/";
 /// How many reads one transaction batches during a full read; etcd allows 128 operations per
 /// transaction by default.
 const READ_BATCH: usize = 64;
-/// gRPC status codes that mean the request itself was wrong rather than etcd unreachable.
+/// gRPC status codes etcd uses for bad requests and for refused credentials.
 const GRPC_INVALID_ARGUMENT: i32 = 3;
-const GRPC_OUT_OF_RANGE: i32 = 11;
+const GRPC_PERMISSION_DENIED: i32 = 7;
+const GRPC_UNAUTHENTICATED: i32 = 16;
 
 /// How an [`EtcdStore`] connects.
 #[derive(Clone)]
@@ -202,7 +203,7 @@ impl EtcdStore {
         match shared.connect_client().await {
             Ok(_) => {}
             Err(StoreError::Invalid(cause)) => return Err(StoreError::Invalid(cause)),
-            Err(e) => shared.set_health(false, Some(e.to_string())),
+            Err(e) => shared.set_health(false, Some(cause_text(&e))),
         }
         let span = tracing::info_span!("etcd_store_sync", endpoints = ?shared.endpoints, prefix = %shared.prefix);
         let sync = tokio::spawn(Arc::clone(&shared).sync().instrument(span));
@@ -261,7 +262,7 @@ impl DtabStore for EtcdStore {
         if !response.succeeded() {
             return Err(StoreError::Exists);
         }
-        s.written(ns).await;
+        s.written(ns, &response).await;
         Ok(revision_version(txn_revision(&response)))
     }
 
@@ -270,7 +271,7 @@ impl DtabStore for EtcdStore {
         let text = canonical_text(dtab)?;
         let txn = Txn::new().and_then(s.write_ops(ns, Some(&text), meta));
         let response = s.call(s.client()?.kv_client().txn(txn)).await?;
-        s.written(ns).await;
+        s.written(ns, &response).await;
         Ok(revision_version(txn_revision(&response)))
     }
 
@@ -296,7 +297,7 @@ impl DtabStore for EtcdStore {
             let exists = response.op_responses().iter().any(|r| matches!(r, TxnOpResponse::Get(g) if g.count() > 0));
             return Err(if exists { StoreError::Conflict } else { StoreError::NotFound(ns.clone()) });
         }
-        s.written(ns).await;
+        s.written(ns, &response).await;
         Ok(revision_version(txn_revision(&response)))
     }
 
@@ -310,7 +311,7 @@ impl DtabStore for EtcdStore {
         if !response.succeeded() {
             return Err(StoreError::NotFound(ns.clone()));
         }
-        s.written(ns).await;
+        s.written(ns, &response).await;
         Ok(())
     }
 
@@ -381,7 +382,8 @@ impl Shared {
         namespace_of(&self.prefix, key)
     }
 
-    /// The operations of a write: the value (or its deletion) and its history record.
+    /// The operations of a write: the value (or its deletion), its history record, and a
+    /// count of the history records, to know when to trim them.
     fn write_ops(&self, ns: &Namespace, text: Option<&str>, meta: &ChangeMeta) -> Vec<TxnOp> {
         let key = self.key(ns);
         let record = HistoryRecord::new(None, text, SystemTime::now(), meta).to_json();
@@ -389,13 +391,20 @@ impl Shared {
             Some(text) => TxnOp::put(key.as_bytes(), text.as_bytes(), None),
             None => TxnOp::delete(key.as_bytes(), None),
         };
-        vec![change, TxnOp::put(self.history_key(ns).as_bytes(), record.as_bytes(), None)]
+        let count = GetOptions::new().with_prefix().with_count_only();
+        vec![
+            change,
+            TxnOp::put(self.history_key(ns).as_bytes(), record.as_bytes(), None),
+            TxnOp::get(self.history_prefix(ns).as_bytes(), Some(count)),
+        ]
     }
 
     fn client(&self) -> Result<Client, StoreError> {
         self.client.get().cloned().ok_or_else(|| {
-            let cause = self.health.borrow().last_error.clone().unwrap_or_else(|| "not connected yet".to_string());
-            StoreError::Unavailable(format!("etcd at {}: {cause}", self.endpoints.join(",")))
+            let cause = self.health.borrow().last_error.clone();
+            StoreError::Unavailable(
+                cause.unwrap_or_else(|| format!("etcd at {}: not connected yet", self.endpoints.join(","))),
+            )
         })
     }
 
@@ -403,7 +412,33 @@ impl Shared {
         if let Some(client) = self.client.get() {
             return Ok(client.clone());
         }
-        let client = self.call(Client::connect(&self.endpoints, Some(self.connect.clone()))).await?;
+        let connecting = Client::connect(&self.endpoints, Some(self.connect.clone()));
+        let client = match tokio::time::timeout(self.request_timeout, connecting).await {
+            Ok(Ok(client)) => client,
+            // Refused credentials are a configuration problem, not an outage.
+            Ok(Err(etcd_client::Error::GRpcStatus(status)))
+                if [GRPC_INVALID_ARGUMENT, GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED]
+                    .contains(&i32::from(status.code())) =>
+            {
+                let cause = format!("etcd at {}: {}", self.endpoints.join(","), status.message());
+                self.set_health(false, Some(cause.clone()));
+                return Err(StoreError::Invalid(cause));
+            }
+            Ok(Err(e)) => {
+                let error = self.error(e);
+                self.set_health(false, Some(cause_text(&error)));
+                return Err(error);
+            }
+            Err(_) => {
+                let cause = format!(
+                    "etcd at {}: no answer within {} ms",
+                    self.endpoints.join(","),
+                    self.request_timeout.as_millis()
+                );
+                self.set_health(false, Some(cause.clone()));
+                return Err(StoreError::Unavailable(cause));
+            }
+        };
         Ok(self.client.get_or_init(|| client).clone())
     }
 
@@ -427,22 +462,21 @@ impl Shared {
         result
     }
 
+    /// The store error for a failed request. Only a request too large for etcd is the
+    /// caller's fault; anything else etcd refuses (such as missing permissions) is a problem of
+    /// this deployment, so it is reported as unavailable with etcd's reason.
     fn error(&self, e: etcd_client::Error) -> StoreError {
         let endpoints = self.endpoints.join(",");
         match &e {
-            etcd_client::Error::GRpcStatus(status) => {
-                let code = i32::from(status.code());
-                let cause = describe(status.message(), &e);
-                if code == GRPC_INVALID_ARGUMENT || code == GRPC_OUT_OF_RANGE {
-                    StoreError::Invalid(format!("etcd at {endpoints} refused the request: {cause}"))
-                } else {
-                    StoreError::Unavailable(format!("etcd at {endpoints}: {cause}"))
-                }
+            etcd_client::Error::GRpcStatus(status)
+                if i32::from(status.code()) == GRPC_INVALID_ARGUMENT && status.message().contains("too large") =>
+            {
+                StoreError::Invalid(format!("etcd at {endpoints} refused the request: {}", cause_of(&e)))
             }
             etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => {
                 StoreError::Invalid(format!("etcd endpoints {endpoints}: {e}"))
             }
-            _ => StoreError::Unavailable(format!("etcd at {endpoints}: {}", describe("", &e))),
+            _ => StoreError::Unavailable(format!("etcd at {endpoints}: {}", cause_of(&e))),
         }
     }
 
@@ -464,23 +498,30 @@ impl Shared {
         });
     }
 
-    /// After a successful write: keeps the namespace's history within its limit. A failure
-    /// here only delays trimming to the next write.
-    async fn written(&self, ns: &Namespace) {
-        if let Err(error) = self.trim_history(ns).await {
+    /// After a successful write: keeps the namespace's history near its limit. The write's
+    /// transaction counted the history entries, so this costs nothing until there are too many.
+    /// A failure here only delays trimming to a later write.
+    async fn written(&self, ns: &Namespace, response: &TxnResponse) {
+        let count = response.op_responses().iter().rev().find_map(|op| match op {
+            TxnOpResponse::Get(get) => Some(get.count()),
+            _ => None,
+        });
+        // Trimming in batches, once a quarter of the limit has built up beyond it, costs two
+        // round trips every few writes instead of every write; `history` returns no more than
+        // the limit meanwhile.
+        let count = usize::try_from(count.unwrap_or(0)).unwrap_or(0);
+        if count <= self.history_limit + self.history_limit / 4 {
+            return;
+        }
+        let excess = count - self.history_limit;
+        if let Err(error) = self.trim_history(ns, excess).await {
             debug!(namespace = %ns, %error, "could not trim history");
         }
     }
 
-    async fn trim_history(&self, ns: &Namespace) -> Result<(), StoreError> {
+    async fn trim_history(&self, ns: &Namespace, excess: usize) -> Result<(), StoreError> {
         let mut kv = self.client()?.kv_client();
         let prefix = self.history_prefix(ns);
-        let count =
-            self.call(kv.get(prefix.as_bytes(), Some(GetOptions::new().with_prefix().with_count_only()))).await?;
-        let excess = usize::try_from(count.count()).unwrap_or(0).saturating_sub(self.history_limit);
-        if excess == 0 {
-            return Ok(());
-        }
         let oldest = GetOptions::new()
             .with_prefix()
             .with_keys_only()
@@ -512,13 +553,13 @@ impl Shared {
                 Some(revision) => revision,
                 None => match self.relist(&client).await {
                     Ok(revision) => {
-                        self.relists.fetch_add(1, Ordering::Relaxed);
                         self.set_synced();
                         backoff.reset();
                         revision + 1
                     }
                     Err(e) => {
                         warn!(error = %e, "cannot read the dtabs from etcd; retrying");
+                        self.set_health(false, Some(cause_text(&e)));
                         backoff.wait().await;
                         continue;
                     }
@@ -564,16 +605,19 @@ impl Shared {
         let mut hub = self.hub.lock();
         let mut values = BTreeMap::new();
         let mut broken = self.broken.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        broken.clear();
         for kv in &read {
             let Some(ns) = self.namespace_of(kv.key()) else { continue };
-            match self.parse_value(&ns, kv, &mut broken) {
-                Some(value) => values.insert(ns, value),
-                None => hub.get(&ns).map(|last_good| values.insert(ns, last_good)).flatten(),
-            };
+            // A value that does not parse keeps the last good one, if this instance had one.
+            if let Some(value) = self.parse_value(&ns, kv, &mut broken).or_else(|| hub.get(&ns)) {
+                values.insert(ns, value);
+            }
         }
+        // Forget bad values of namespaces that no longer exist.
+        broken.retain(|ns, _| read.iter().any(|kv| self.namespace_of(kv.key()).as_ref() == Some(ns)));
         self.parse_failures.set_invalid(broken.len());
         drop(broken);
+        // Counted before publishing, so that whoever sees the new values sees the count too.
+        self.relists.fetch_add(1, Ordering::Relaxed);
         hub.replace_all(values);
         debug!(revision, namespaces = read.len(), "read every dtab");
         Ok(revision)
@@ -584,15 +628,20 @@ impl Shared {
     async fn follow(&self, client: &Client, resume_at: &mut Option<i64>, backoff: &mut Backoff) -> WatchEnd {
         let Some(from) = *resume_at else { return WatchEnd::Compacted };
         let options = WatchOptions::new().with_prefix().with_start_revision(from).with_progress_notify();
-        let mut stream = match self.call(client.watch_client().watch(self.prefix.as_bytes(), Some(options))).await {
-            Ok(stream) => stream,
-            Err(e) => return WatchEnd::Failed(e.to_string()),
+        let mut watch_client = client.watch_client();
+        let watch = watch_client.watch(self.prefix.as_bytes(), Some(options));
+        let mut stream = match tokio::time::timeout(self.request_timeout, watch).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return WatchEnd::Failed(cause_of(&e)),
+            Err(_) => {
+                return WatchEnd::Failed(format!("no answer within {} ms", self.request_timeout.as_millis()));
+            }
         };
         loop {
             let response = match stream.message().await {
                 Ok(Some(response)) => response,
                 Ok(None) => return WatchEnd::Failed("etcd closed the watch stream".to_string()),
-                Err(e) => return WatchEnd::Failed(describe("", &e)),
+                Err(e) => return WatchEnd::Failed(cause_of(&e)),
             };
             if response.compact_revision() > 0 {
                 return WatchEnd::Compacted;
@@ -708,19 +757,35 @@ fn txn_revision(response: &TxnResponse) -> i64 {
     response.header().map_or(0, |h| h.revision())
 }
 
-/// A one-line cause: `context` followed by the innermost error in the chain, which names
-/// the real problem (such as "Connection refused").
-fn describe(context: &str, e: &(dyn std::error::Error + 'static)) -> String {
-    let mut innermost: &dyn std::error::Error = e;
-    while let Some(source) = innermost.source() {
-        innermost = source;
+/// The cause inside a store error, without the variant's prefix.
+fn cause_text(e: &StoreError) -> String {
+    match e {
+        StoreError::Invalid(cause) | StoreError::Unavailable(cause) => cause.clone(),
+        other => other.to_string(),
     }
-    let root = innermost.to_string();
-    match (context.is_empty(), std::ptr::eq(innermost, e)) {
-        (true, _) => root,
-        (false, true) => context.to_string(),
-        (false, false) if context.contains(&root) => context.to_string(),
-        (false, false) => format!("{context}: {root}"),
+}
+
+/// A one-line cause for an etcd client error. gRPC failures are described by their status
+/// message and the innermost error under it, which names the real problem (such as
+/// "Connection refused"), leaving out the layers of transport types in between.
+fn cause_of(e: &etcd_client::Error) -> String {
+    fn innermost(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+        let mut inner = e.source()?;
+        while let Some(source) = inner.source() {
+            inner = source;
+        }
+        Some(inner.to_string())
+    }
+    match e {
+        etcd_client::Error::GRpcStatus(status) => match innermost(status) {
+            Some(root) if !status.message().contains(&root) => format!("{}: {root}", status.message()),
+            _ => status.message().to_string(),
+        },
+        etcd_client::Error::TransportError(transport) => match innermost(transport) {
+            Some(root) => format!("{transport}: {root}"),
+            None => transport.to_string(),
+        },
+        other => other.to_string(),
     }
 }
 

@@ -132,43 +132,29 @@ impl FileStore {
             parse_failures: options.parse_failures.clone(),
             broken: Mutex::new(HashMap::new()),
         });
-        // Events start before the first read, so that nothing written in between is missed.
+        // Events start before the first read, so that nothing written in between is missed;
+        // a directory about to be created gets them right after.
         let wake = Arc::new(Notify::new());
-        let events = if options.fs_events {
-            match watch_events(&shared.dir, Arc::clone(&wake)) {
-                Ok(watcher) => Some(watcher),
-                Err(error) if shared.dir.is_dir() => {
-                    warn!(%error, poll_interval_ms = options.poll_interval.as_millis(), "no file-system events; polling only");
-                    None
-                }
-                // The directory may not exist yet; try again once it does.
-                Err(_) => None,
-            }
-        } else {
-            None
+        let start_events = || {
+            watch_events(&shared.dir, Arc::clone(&wake))
+                .inspect_err(|error| {
+                    let poll_interval_ms = options.poll_interval.as_millis();
+                    warn!(%error, poll_interval_ms, "no file-system events; polling only");
+                })
+                .ok()
         };
+        let early = options.fs_events && shared.dir.is_dir();
+        let mut events = if early { start_events() } else { None };
         let create_dir = options.create_dir;
         let opened = Arc::clone(&shared);
         blocking(move || {
             opened.prepare(create_dir)?;
-            let mut changed = opened.rescan();
-            changed
-                .extend(opened.namespaces_with_history().map_err(|e| opened.io_error("read", &opened.history_dir, e))?);
-            opened.record_outside_changes(&changed);
-            Ok(())
+            opened.with_lock(true, || opened.open_scan())?.map_err(|e| opened.io_error("read", &opened.dir, e))
         })
         .await?;
-        let events = match events {
-            Some(events) => Some(events),
-            None if options.fs_events => match watch_events(&shared.dir, Arc::clone(&wake)) {
-                Ok(watcher) => Some(watcher),
-                Err(error) => {
-                    warn!(%error, poll_interval_ms = options.poll_interval.as_millis(), "no file-system events; polling only");
-                    None
-                }
-            },
-            None => None,
-        };
+        if options.fs_events && !early {
+            events = start_events();
+        }
         let span = tracing::info_span!("file_store_watch", dir = %shared.dir.display());
         let watcher =
             tokio::spawn(follow_directory(Arc::clone(&shared), wake, events, options.poll_interval).instrument(span));
@@ -270,7 +256,7 @@ impl DtabStore for FileStore {
             let records = shared.with_lock(false, || shared.read_history(&ns))?;
             let path = shared.history_path(&ns);
             let records = records.map_err(|e| shared.io_error("read", &path, e))?;
-            let mut entries: Vec<HistoryEntry> = records
+            let entries: Vec<HistoryEntry> = records
                 .into_iter()
                 .rev()
                 .take(shared.history_limit)
@@ -282,7 +268,6 @@ impl DtabStore for FileStore {
                     }
                 })
                 .collect();
-            entries.truncate(shared.history_limit);
             if entries.is_empty() && !shared.dtab_path(&ns).exists() {
                 return Err(StoreError::NotFound(ns));
             }
@@ -377,6 +362,17 @@ impl Shared {
         }
     }
 
+    /// The first read of the directory, under its lock: changes made while no store was
+    /// running (including deletions) get history records, then everything is published.
+    fn open_scan(&self) -> io::Result<()> {
+        let scan = self.scan(&self.hub.lock(), &HashMap::new())?;
+        let mut candidates: BTreeSet<Namespace> = self.namespaces_with_history()?.into_iter().collect();
+        candidates.extend(scan.values.keys().cloned());
+        self.record_outside_changes(&candidates, &scan.values)?;
+        self.rescan(false);
+        Ok(())
+    }
+
     fn write(
         &self,
         ns: &Namespace,
@@ -417,7 +413,7 @@ impl Shared {
                 error!(namespace = %ns, error = %e, "the dtab was written but its history record was not");
             }
             let mut hub = self.hub.lock();
-            self.mark_parsed(&mut hub, ns);
+            self.mark_parsed(&hub, ns);
             hub.set(ns, value);
             Ok(version)
         })?
@@ -494,75 +490,133 @@ impl Shared {
         Ok(namespaces)
     }
 
-    /// Reads the whole directory and publishes what changed. Returns the namespaces whose
-    /// published value changed: the changes this instance did not make itself.
+    /// Brings watchers up to date with the directory. Changes made outside the store get
+    /// their history record first, under the directory lock, so that a watcher never sees a
+    /// state that history lacks; the lock is only taken when a lock-free look finds news.
+    fn sync_directory(&self) {
+        let news = {
+            let hub = self.hub.lock();
+            let broken = self.lock_broken(&hub);
+            self.scan(&hub, &broken).map(|scan| scan.is_news())
+        };
+        match news {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(error) = self.with_lock(true, || self.rescan(true)) {
+                    warn!(%error, "cannot lock the directory; publishing without recording history");
+                    self.rescan(false);
+                }
+            }
+            Err(e) => self.unreadable(&e),
+        }
+    }
+
+    /// Reads the whole directory and publishes it, recording changes made outside the store
+    /// in history first when `record` is set (the caller holds the directory lock).
     ///
     /// Reading and publishing happen under the hub lock, which writes also take after their
     /// rename, so an older read can never be published over a newer write.
-    fn rescan(&self) -> Vec<Namespace> {
+    fn rescan(&self, record: bool) {
         let mut hub = self.hub.lock();
-        let files = match self.namespace_files() {
-            Ok(files) => files,
-            Err(e) => {
-                let cause = format!("cannot read {}: {e}", self.dir.display());
-                warn!(error = %cause, "keeping the last known dtabs");
-                self.set_health(false, Some(cause));
-                return Vec::new();
+        let scan = {
+            let broken = self.lock_broken(&hub);
+            match self.scan(&hub, &broken) {
+                Ok(scan) => scan,
+                Err(e) => return self.unreadable(&e),
             }
         };
-        let mut values = BTreeMap::new();
-        let mut changed = Vec::new();
+        if record {
+            let candidates: BTreeSet<Namespace> = scan.changed.iter().cloned().collect();
+            if let Err(error) = self.record_outside_changes(&candidates, &scan.values) {
+                warn!(%error, "cannot record changes made outside the store in history");
+            }
+        }
+        {
+            let mut broken = self.lock_broken(&hub);
+            for (ns, version, error) in scan.newly_broken {
+                let file = self.dtab_path(&ns);
+                warn!(namespace = %ns, file = %file.display(), %error, "dtab file does not parse; keeping its last good dtab");
+                self.parse_failures.record_failure();
+                broken.insert(ns, version);
+            }
+            for ns in &scan.parsed {
+                if broken.remove(ns).is_some() {
+                    info!(namespace = %ns, "dtab file parses again");
+                }
+            }
+            broken.retain(|ns, _| scan.present.contains(ns));
+            self.parse_failures.set_invalid(broken.len());
+        }
+        hub.replace_all(scan.values);
+        self.set_health(true, None);
+    }
+
+    /// Reads the directory and works out what [`Shared::rescan`] would publish, without
+    /// changing anything.
+    fn scan(&self, hub: &HubGuard<'_>, broken: &HashMap<Namespace, Version>) -> io::Result<Scan> {
+        let files = self.namespace_files()?;
+        let mut scan = Scan::default();
         for (ns, path) in &files {
+            scan.present.insert(ns.clone());
             let current = hub.get(ns);
+            let keep = |scan: &mut Scan| scan.values.extend(current.clone().map(|c| (ns.clone(), c)));
             let bytes = match fs::read(path) {
                 Ok(bytes) => bytes,
                 // Deleted since the directory was listed: the next scan sees the deletion.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    values.extend(current.map(|c| (ns.clone(), c)));
+                    keep(&mut scan);
                     continue;
                 }
                 Err(e) => {
                     warn!(file = %path.display(), error = %e, "cannot read a dtab file; keeping its last good dtab");
-                    values.extend(current.map(|c| (ns.clone(), c)));
+                    keep(&mut scan);
                     continue;
                 }
             };
             let version = digest(&bytes);
             if current.as_ref().is_some_and(|c| c.version == version) {
-                values.extend(current.map(|c| (ns.clone(), c)));
+                // Unchanged, or put back to the last good content after a bad edit.
+                if broken.contains_key(ns) {
+                    scan.parsed.push(ns.clone());
+                }
+                keep(&mut scan);
                 continue;
             }
             // An empty file is a write in progress (an empty dtab is stored as a newline).
             if bytes.is_empty() {
-                values.extend(current.map(|c| (ns.clone(), c)));
+                keep(&mut scan);
                 continue;
             }
             match parse_stored(&bytes) {
                 Ok(dtab) => {
-                    self.mark_parsed(&mut hub, ns);
-                    values.insert(ns.clone(), VersionedDtab { version, dtab });
-                    changed.push(ns.clone());
+                    scan.parsed.push(ns.clone());
+                    scan.values.insert(ns.clone(), VersionedDtab { version, dtab });
+                    scan.changed.push(ns.clone());
                 }
                 Err(error) => {
-                    self.mark_broken(&mut hub, ns, version, path, &error);
-                    values.extend(current.map(|c| (ns.clone(), c)));
+                    if broken.get(ns) != Some(&version) {
+                        scan.newly_broken.push((ns.clone(), version, error));
+                    }
+                    keep(&mut scan);
                 }
             }
         }
-        changed.extend(hub.namespaces().into_iter().filter(|ns| !files.contains_key(ns)));
-        self.lock_broken(&mut hub).retain(|ns, _| files.contains_key(ns));
-        let broken = self.lock_broken(&mut hub).len();
-        self.parse_failures.set_invalid(broken);
-        hub.replace_all(values);
-        self.set_health(true, None);
-        changed
+        scan.changed.extend(hub.namespaces().into_iter().filter(|ns| !files.contains_key(ns)));
+        scan.resolved = broken.keys().filter(|ns| !files.contains_key(*ns) || scan.parsed.contains(ns)).count();
+        Ok(scan)
     }
 
-    fn lock_broken<'a>(&'a self, _hub: &mut HubGuard<'_>) -> MutexGuard<'a, HashMap<Namespace, Version>> {
+    fn unreadable(&self, e: &io::Error) {
+        let cause = format!("cannot read {}: {e}", self.dir.display());
+        warn!(error = %cause, "keeping the last known dtabs");
+        self.set_health(false, Some(cause));
+    }
+
+    fn lock_broken<'a>(&'a self, _hub: &HubGuard<'_>) -> MutexGuard<'a, HashMap<Namespace, Version>> {
         self.broken.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn mark_parsed(&self, hub: &mut HubGuard<'_>, ns: &Namespace) {
+    fn mark_parsed(&self, hub: &HubGuard<'_>, ns: &Namespace) {
         let mut broken = self.lock_broken(hub);
         if broken.remove(ns).is_some() {
             info!(namespace = %ns, "dtab file parses again");
@@ -570,57 +624,65 @@ impl Shared {
         }
     }
 
-    fn mark_broken(&self, hub: &mut HubGuard<'_>, ns: &Namespace, version: Version, path: &Path, error: &str) {
-        let mut broken = self.lock_broken(hub);
-        if broken.get(ns) != Some(&version) {
-            warn!(namespace = %ns, file = %path.display(), %error, "dtab file does not parse; keeping its last good dtab");
-            self.parse_failures.record_failure();
-            broken.insert(ns.clone(), version);
-            self.parse_failures.set_invalid(broken.len());
-        }
-    }
-
     /// Gives changes made outside the store a history record, so that history shows every
-    /// state a namespace was in. Runs under the directory lock and compares with the last
-    /// record, so several instances seeing the same change record it once.
-    fn record_outside_changes(&self, namespaces: &[Namespace]) {
-        if namespaces.is_empty() {
-            return;
-        }
-        let namespaces: BTreeSet<&Namespace> = namespaces.iter().collect();
-        let result = self.with_lock(true, || -> io::Result<()> {
-            for ns in namespaces {
-                let last = self.read_history(ns)?.pop();
-                let record = match read_if_exists(&self.dtab_path(ns))? {
-                    Some(bytes) => {
-                        let Ok(dtab) = parse_stored(&bytes) else { continue };
-                        let version = digest(&bytes);
-                        let recorded =
-                            last.is_some_and(|r| r.dtab.is_some() && r.version.as_deref() == version.as_text());
-                        if recorded || bytes.is_empty() {
-                            continue;
-                        }
-                        let text = dtab.to_string();
-                        HistoryRecord::new(Some(&version), Some(&text), SystemTime::now(), &outside_meta())
+    /// state a namespace was in: each candidate whose last record differs from `values` (its
+    /// state now). The caller holds the directory lock, so several instances seeing the same
+    /// change record it once.
+    fn record_outside_changes(
+        &self,
+        candidates: &BTreeSet<Namespace>,
+        values: &BTreeMap<Namespace, VersionedDtab>,
+    ) -> io::Result<()> {
+        for ns in candidates {
+            let last = self.read_history(ns)?.pop();
+            let record = match values.get(ns) {
+                Some(value) => {
+                    let recorded =
+                        last.is_some_and(|r| r.dtab.is_some() && r.version.as_deref() == value.version.as_text());
+                    if recorded {
+                        continue;
                     }
-                    None => match last {
-                        Some(last) if last.dtab.is_some() => {
-                            let version = last.version.as_deref().map(Version::from_bytes);
-                            HistoryRecord::new(version.as_ref(), None, SystemTime::now(), &outside_meta())
-                        }
-                        _ => continue,
-                    },
-                };
-                debug!(namespace = %ns, "recording a change made outside the store");
-                self.append_history(ns, &record)?;
-            }
-            Ok(())
-        });
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "cannot record changes made outside the store in history"),
-            Err(e) => warn!(error = %e, "cannot record changes made outside the store in history"),
+                    let text = value.dtab.to_string();
+                    HistoryRecord::new(Some(&value.version), Some(&text), SystemTime::now(), &outside_meta())
+                }
+                // A file that exists but is not in service (it does not parse) is not a deletion.
+                None if self.dtab_path(ns).exists() => continue,
+                None => match last {
+                    Some(last) if last.dtab.is_some() => {
+                        let version = last.version.as_deref().map(Version::from_bytes);
+                        HistoryRecord::new(version.as_ref(), None, SystemTime::now(), &outside_meta())
+                    }
+                    _ => continue,
+                },
+            };
+            debug!(namespace = %ns, "recording a change made outside the store");
+            self.append_history(ns, &record)?;
         }
+        Ok(())
+    }
+}
+
+/// What a read of the directory found.
+#[derive(Debug, Default)]
+struct Scan {
+    /// The complete state to publish.
+    values: BTreeMap<Namespace, VersionedDtab>,
+    /// Namespaces whose published value this state changes.
+    changed: Vec<Namespace>,
+    /// Namespaces whose file parsed.
+    parsed: Vec<Namespace>,
+    /// Files with bad content not reported before: namespace, digest, parse error.
+    newly_broken: Vec<(Namespace, Version, String)>,
+    /// Namespaces that have a file.
+    present: BTreeSet<Namespace>,
+    /// How many namespaces reported as broken parse again or have no file any more.
+    resolved: usize,
+}
+
+impl Scan {
+    /// Whether publishing this would change anything: values, or what is reported broken.
+    fn is_news(&self) -> bool {
+        !self.changed.is_empty() || !self.newly_broken.is_empty() || self.resolved > 0
     }
 }
 
@@ -641,11 +703,8 @@ async fn follow_directory(
             _ = poll.tick() => {}
         }
         let scanning = Arc::clone(&shared);
-        let scanned = tokio::task::spawn_blocking(move || {
-            let changed = scanning.rescan();
-            scanning.record_outside_changes(&changed);
-        })
-        .await;
+        let span = tracing::Span::current();
+        let scanned = tokio::task::spawn_blocking(move || span.in_scope(|| scanning.sync_directory())).await;
         if let Err(error) = scanned {
             error!(%error, "directory scan failed");
         }
@@ -724,11 +783,12 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Runs blocking file work off the async threads.
+/// Runs blocking file work off the async threads, in the caller's span.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("file store task failed: {e}"))))
 }

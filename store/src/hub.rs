@@ -24,7 +24,12 @@ pub(crate) struct WatchHub {
 struct HubState {
     namespaces: BTreeMap<Namespace, watch::Sender<Option<VersionedDtab>>>,
     list: watch::Sender<Arc<Vec<Namespace>>>,
+    /// The map size at which channels nobody watches any more are swept out.
+    sweep_at: usize,
 }
+
+/// The smallest map size worth sweeping.
+const MIN_SWEEP: usize = 64;
 
 /// Exclusive access to a [`WatchHub`].
 pub(crate) struct HubGuard<'a>(MutexGuard<'a, HubState>);
@@ -32,7 +37,7 @@ pub(crate) struct HubGuard<'a>(MutexGuard<'a, HubState>);
 impl WatchHub {
     pub(crate) fn new() -> Self {
         let (list, _) = watch::channel(Arc::new(Vec::new()));
-        WatchHub { state: Mutex::new(HubState { namespaces: BTreeMap::new(), list }) }
+        WatchHub { state: Mutex::new(HubState { namespaces: BTreeMap::new(), list, sweep_at: MIN_SWEEP }) }
     }
 
     pub(crate) fn lock(&self) -> HubGuard<'_> {
@@ -43,7 +48,14 @@ impl WatchHub {
 
     pub(crate) fn subscribe(&self, ns: &Namespace) -> watch::Receiver<Option<VersionedDtab>> {
         let mut guard = self.lock();
-        guard.0.namespaces.entry(ns.clone()).or_insert_with(|| watch::channel(None).0).subscribe()
+        let state = &mut guard.0;
+        // Watches of absent namespaces that were dropped leave channels behind; sweeping them
+        // whenever the map has doubled keeps the cost constant per call.
+        if state.namespaces.len() >= state.sweep_at {
+            state.namespaces.retain(|_, tx| tx.borrow().is_some() || tx.receiver_count() > 0);
+            state.sweep_at = (state.namespaces.len() * 2).max(MIN_SWEEP);
+        }
+        state.namespaces.entry(ns.clone()).or_insert_with(|| watch::channel(None).0).subscribe()
     }
 
     pub(crate) fn subscribe_list(&self) -> watch::Receiver<Arc<Vec<Namespace>>> {
@@ -178,6 +190,20 @@ mod tests {
         assert_eq!(*rx_gone.borrow(), None);
         assert_eq!(hub.lock().namespaces(), vec![ns("a"), ns("b")]);
         assert_eq!(hub.lock().get(&ns("a")), Some(value(2, "/a=>/c")));
+    }
+
+    #[test]
+    fn abandoned_watches_of_absent_namespaces_are_swept() {
+        let hub = WatchHub::new();
+        hub.lock().set(&ns("kept"), Some(value(1, "/a=>/b")));
+        let held = hub.subscribe(&ns("held"));
+        for i in 0..10 * MIN_SWEEP {
+            drop(hub.subscribe(&ns(&format!("random-{i}"))));
+        }
+        let state = hub.lock();
+        assert!(state.0.namespaces.len() <= 2 * MIN_SWEEP, "{}", state.0.namespaces.len());
+        assert!(state.0.namespaces.contains_key(&ns("kept")) && state.0.namespaces.contains_key(&ns("held")));
+        drop(held);
     }
 
     #[test]

@@ -278,3 +278,18 @@ async fn compare_and_swap_through_two_instances_loses_no_update() {
     let second = backend.open(2000).await;
     cas_stress(first, second, 8, 200).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn putting_back_the_last_good_content_clears_the_failure() {
+    let backend = FileBackend::new();
+    let store = backend.open_file_store(backend.options(10)).await;
+    let version = store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
+    let good = fs::read(backend.path("web.dtab")).unwrap();
+    fs::write(backend.path("web.dtab"), "broken =>\n").unwrap();
+    eventually("the failure to be counted", || store.parse_failures().invalid() == 1).await;
+    fs::write(backend.path("web.dtab"), &good).unwrap();
+    eventually("the failure to clear", || store.parse_failures().invalid() == 0).await;
+    assert_eq!(store.get(&ns("web")).await.unwrap().version, version);
+    assert_eq!(store.parse_failures().failures(), 1);
+    assert_eq!(store.history(&ns("web")).await.unwrap().len(), 1);
+}

@@ -12,6 +12,7 @@ use anyhow::{Context, anyhow, bail};
 use tempfile::TempDir;
 
 use crate::free_port;
+use crate::pki::TestCert;
 
 /// The environment variable that names the etcd binary when it is not `etcd` on `PATH`.
 pub const ETCD_BINARY_ENV: &str = "WAYMARK_ETCD";
@@ -26,7 +27,7 @@ const START_ATTEMPTS: usize = 4;
 ///
 /// [`EtcdServer::kill`] and [`EtcdServer::restart`] keep the data directory and ports, so a
 /// restarted server has every key and revision of the old one, at the same address. The
-/// methods block (for up to [`READY_TIMEOUT`] while waiting for etcd), so async tests should
+/// methods block (for up to 30 s while waiting for etcd), so async tests should
 /// use a multi-threaded runtime or call them from `spawn_blocking`.
 #[derive(Debug)]
 pub struct EtcdServer {
@@ -34,13 +35,36 @@ pub struct EtcdServer {
     dir: TempDir,
     client_port: u16,
     peer_port: u16,
+    /// Serves `/health` over plain HTTP whatever the client URL, for the readiness check.
+    metrics_port: u16,
+    tls: Option<EtcdServerTls>,
     child: Option<Child>,
+}
+
+/// TLS for etcd's client URL.
+#[derive(Debug, Clone)]
+pub struct EtcdServerTls {
+    /// The server's certificate and key; it should name 127.0.0.1.
+    pub server: TestCert,
+    /// The CA that signs client certificates, in PEM.
+    pub client_ca_pem: String,
+    /// Whether clients must present a certificate signed by that CA.
+    pub client_cert_auth: bool,
 }
 
 impl EtcdServer {
     /// Starts etcd and waits until it answers. Fails with a clear message if the `etcd`
     /// binary is missing.
     pub fn start() -> anyhow::Result<EtcdServer> {
+        EtcdServer::start_with(None)
+    }
+
+    /// Starts etcd serving clients over TLS (`https`), and waits until it answers.
+    pub fn start_tls(tls: EtcdServerTls) -> anyhow::Result<EtcdServer> {
+        EtcdServer::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<EtcdServerTls>) -> anyhow::Result<EtcdServer> {
         let binary = find_binary()?;
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
@@ -49,6 +73,8 @@ impl EtcdServer {
                 dir: tempfile::Builder::new().prefix("waymark-etcd-").tempdir().context("creating etcd's data dir")?,
                 client_port: free_port()?,
                 peer_port: free_port()?,
+                metrics_port: free_port()?,
+                tls: tls.clone(),
                 child: None,
             };
             match server.spawn_and_wait() {
@@ -59,9 +85,10 @@ impl EtcdServer {
         Err(last_error.unwrap_or_else(|| anyhow!("etcd did not start")))
     }
 
-    /// The client URL, such as `http://127.0.0.1:40123`.
+    /// The client URL, such as `http://127.0.0.1:40123` (`https` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// The client address.
@@ -109,16 +136,35 @@ impl EtcdServer {
     }
 
     fn spawn_and_wait(&mut self) -> anyhow::Result<()> {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let metrics = format!("http://127.0.0.1:{}", self.metrics_port);
         let log = OpenOptions::new().create(true).append(true).open(self.log_path()).context("opening etcd's log")?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .args(["--name", "n1", "--data-dir"])
             .arg(self.data_dir())
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("n1={peer}")])
-            .args(["--logger", "zap", "--log-level", "error"])
+            .args(["--listen-metrics-urls", &metrics])
+            .args(["--logger", "zap", "--log-level", "error"]);
+        if let Some(tls) = &self.tls {
+            let write = |name: &str, pem: &str| -> anyhow::Result<PathBuf> {
+                let path = self.dir.path().join(name);
+                std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+                Ok(path)
+            };
+            command
+                .arg("--cert-file")
+                .arg(write("server.pem", &tls.server.cert_pem)?)
+                .arg("--key-file")
+                .arg(write("server-key.pem", &tls.server.key_pem)?)
+                .arg("--trusted-ca-file")
+                .arg(write("client-ca.pem", &tls.client_ca_pem)?)
+                .arg(format!("--client-cert-auth={}", tls.client_cert_auth));
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -131,7 +177,7 @@ impl EtcdServer {
                 self.child = None;
                 bail!("etcd exited while starting; its log ends with:\n{}", self.log_tail());
             }
-            if healthy(self.client_addr()) {
+            if healthy(SocketAddr::from((Ipv4Addr::LOCALHOST, self.metrics_port))) {
                 return Ok(());
             }
             if Instant::now() > deadline {

@@ -1,12 +1,15 @@
 //! Test helpers shared by the workspace's test suites: a real etcd server on loopback, a TCP
-//! proxy that can cut connections on demand, free loopback ports and test logging.
+//! proxy that can cut connections on demand, throwaway certificates, free loopback ports and
+//! test logging.
 //!
 //! Only leaf crates are dependencies, so any crate can use this one in `[dev-dependencies]`.
 
 mod etcd;
+mod pki;
 mod proxy;
 
-pub use etcd::{ETCD_BINARY_ENV, EtcdServer};
+pub use etcd::{ETCD_BINARY_ENV, EtcdServer, EtcdServerTls};
+pub use pki::{TestCa, TestCert};
 pub use proxy::TcpProxy;
 
 use std::net::{Ipv4Addr, TcpListener};

@@ -75,12 +75,59 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, blocked: Arc<Ato
         tokio::spawn(
             async move {
                 let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                // A cut wins over traffic that arrives with it.
                 tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    biased;
                     _ = cut.changed() => {}
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                 }
             }
             .in_current_span(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// An echo server on loopback.
+    async fn echo() -> SocketAddr {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut read, mut write) = socket.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn round_trip(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+        stream.write_all(b"ping").await?;
+        let mut reply = [0; 4];
+        stream.read_exact(&mut reply).await?;
+        Ok(reply.to_vec())
+    }
+
+    #[tokio::test]
+    async fn forwards_until_blocked_and_again_after() {
+        let proxy = TcpProxy::start(echo().await).await.unwrap();
+        let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut open).await.unwrap(), b"ping");
+
+        proxy.block();
+        assert!(round_trip(&mut open).await.is_err(), "an open connection must be cut");
+        let mut refused = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert!(round_trip(&mut refused).await.is_err(), "a new connection must be closed");
+
+        proxy.unblock();
+        let mut fresh = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut fresh).await.unwrap(), b"ping");
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio_stream::wrappers::WatchStream;
 use waymark_dtab::Dtab;
 use waymark_dtab::json::{DentryJson, dtab_from_json};
-use waymark_store::{ChangeMeta, HistoryEntry, Namespace, Version};
+use waymark_store::{ChangeMeta, HistoryEntry, Namespace, StoreError, Version};
 
 use super::watch::stream_response;
 use super::{ApiError, HttpApi, document, is_watch};
@@ -226,7 +226,11 @@ fn namespace(text: &str) -> Result<Namespace, ApiError> {
 }
 
 async fn get(api: &HttpApi, ns: &Namespace, codec: Codec, head: bool) -> Result<Response, ApiError> {
-    let current = api.store.get(ns).await?;
+    let current = api.store.get(ns).await.map_err(|e| match e {
+        // On a read, invalid means broken backing data (a hand-edited file), not a bad request.
+        StoreError::Invalid(why) => ApiError::Internal(format!("the stored dtab of {ns} is invalid: {why}")),
+        other => other.into(),
+    })?;
     let mut response = if head {
         StatusCode::OK.into_response()
     } else {
