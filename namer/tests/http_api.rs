@@ -115,6 +115,11 @@ async fn dtabs_are_created_read_versioned_and_deleted() {
     let (_, stored) =
         text(c.get(namer.url("/api/1/dtabs/default")).header("accept", "application/dtab").send().await.unwrap()).await;
     assert_eq!(stored, "/svc=>3.00*/a & /b | /c\n", "stored in canonical form, unchanged by the stale writes");
+    // Weights are kept as the canonical form stands for them: two decimals, as namerd does.
+    assert_eq!(put_text(&namer, "weights", "/a => 0.333*/b & 1.004*/c & /d").await.status(), StatusCode::NO_CONTENT);
+    let (_, stored) =
+        text(c.get(namer.url("/api/1/dtabs/weights")).header("accept", "text/plain").send().await.unwrap()).await;
+    assert_eq!(stored, "/a=>0.33*/b & /c & /d\n");
 
     // If-Match on a missing namespace is 404; PUT without it creates.
     let missing = c

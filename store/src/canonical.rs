@@ -32,24 +32,37 @@ pub(crate) struct HistoryRecord {
     pub(crate) message: Option<String>,
 }
 
-/// The text a store writes for `dtab`: its canonical form, checked to read back as the same
-/// dtab and to fit within [`MAX_DTAB_BYTES`].
+/// The text a store writes for `dtab`, and the dtab that text stands for: the canonical form,
+/// within [`MAX_DTAB_BYTES`].
 ///
-/// A parsed [`Dtab`] is normally valid, so [`StoreError::Invalid`] here means a dtab built in
-/// code that has no faithful text form, or one too large to store.
-pub(crate) fn canonical_text(dtab: &Dtab) -> Result<String, StoreError> {
-    let text = dtab.to_string();
-    if text.len() > MAX_DTAB_BYTES {
-        return Err(StoreError::Invalid(format!(
-            "the dtab's canonical text is {} bytes; the limit is {MAX_DTAB_BYTES}",
-            text.len()
-        )));
+/// The canonical form prints weights with two decimals, as the reference does, so it may
+/// stand for a slightly different dtab (`0.333` is kept as `0.33`, `1.004` as `1.00`, which
+/// then reads as the default weight and prints without one). The store keeps and serves the
+/// dtab its text stands for, printed again until it is stable, so that what is stored is what
+/// every reader gets back, byte for byte.
+///
+/// A parsed [`Dtab`] always has a text form, so [`StoreError::Invalid`] here means a dtab
+/// built in code that has none (such as an empty alternative), or one too large to store.
+pub(crate) fn canonical_text(dtab: &Dtab) -> Result<(String, Dtab), StoreError> {
+    let mut text = dtab.to_string();
+    // Two rounds reach the fixpoint: after one, every weight has at most two decimals.
+    for _ in 0..2 {
+        let read_back = text
+            .parse::<Dtab>()
+            .map_err(|e| StoreError::Invalid(format!("the dtab's canonical text {text:?} does not parse: {e}")))?;
+        let again = read_back.to_string();
+        if again == text {
+            if text.len() > MAX_DTAB_BYTES {
+                return Err(StoreError::Invalid(format!(
+                    "the dtab's canonical text is {} bytes; the limit is {MAX_DTAB_BYTES}",
+                    text.len()
+                )));
+            }
+            return Ok((text, read_back));
+        }
+        text = again;
     }
-    match text.parse::<Dtab>() {
-        Ok(read_back) if read_back == *dtab => Ok(text),
-        Ok(_) => Err(StoreError::Invalid(format!("the dtab's canonical text {text:?} reads back as a different dtab"))),
-        Err(e) => Err(StoreError::Invalid(format!("the dtab's canonical text {text:?} does not parse: {e}"))),
-    }
+    Err(StoreError::Invalid(format!("the dtab's canonical text {text:?} does not settle")))
 }
 
 /// Parses stored dtab text, which may have been edited by hand.
@@ -96,10 +109,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn weights_are_kept_as_the_canonical_form_stands_for_them() {
+        let dtab: Dtab = "/a=>0.333*/b & 1.004*/c & /d".parse().unwrap();
+        let (text, stored) = canonical_text(&dtab).unwrap();
+        assert_eq!(text, "/a=>0.33*/b & /c & /d");
+        assert_eq!(stored, text.parse::<Dtab>().unwrap());
+        assert_eq!(stored.to_string(), text);
+    }
+
+    #[test]
     fn canonical_text_is_the_printed_form() {
         let dtab: Dtab = "/svc => /#/io.l5d.fs ; # comment\n/svc/web => 0.9*/a & 0.1*/b;".parse().unwrap();
-        assert_eq!(canonical_text(&dtab).unwrap(), "/svc=>/#/io.l5d.fs;/svc/web=>0.90*/a & 0.10*/b");
-        assert_eq!(canonical_text(&Dtab::empty()).unwrap(), "");
+        assert_eq!(canonical_text(&dtab).unwrap().0, "/svc=>/#/io.l5d.fs;/svc/web=>0.90*/a & 0.10*/b");
+        assert_eq!(canonical_text(&Dtab::empty()).unwrap().0, "");
     }
 
     #[test]

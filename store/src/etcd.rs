@@ -253,7 +253,7 @@ impl DtabStore for EtcdStore {
 
     async fn create(&self, ns: &Namespace, dtab: &Dtab, meta: &ChangeMeta) -> Result<Version, StoreError> {
         let s = &self.shared;
-        let text = canonical_text(dtab)?;
+        let (text, _) = canonical_text(dtab)?;
         let key = s.key(ns);
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_bytes(), CompareOp::Equal, 0)])
@@ -268,7 +268,7 @@ impl DtabStore for EtcdStore {
 
     async fn put(&self, ns: &Namespace, dtab: &Dtab, meta: &ChangeMeta) -> Result<Version, StoreError> {
         let s = &self.shared;
-        let text = canonical_text(dtab)?;
+        let (text, _) = canonical_text(dtab)?;
         let txn = Txn::new().and_then(s.write_ops(ns, Some(&text), meta));
         let response = s.call(s.client()?.kv_client().txn(txn)).await?;
         s.written(ns, &response).await;
@@ -283,7 +283,7 @@ impl DtabStore for EtcdStore {
         meta: &ChangeMeta,
     ) -> Result<Version, StoreError> {
         let s = &self.shared;
-        let text = canonical_text(dtab)?;
+        let (text, _) = canonical_text(dtab)?;
         let key = s.key(ns);
         // A version that is not a positive revision matches nothing (a missing key has
         // mod_revision 0, which must not count as a match).

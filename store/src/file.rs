@@ -178,7 +178,7 @@ impl FileStore {
         precondition: Precondition,
         meta: &ChangeMeta,
     ) -> Result<Version, StoreError> {
-        let text = dtab.map(canonical_text).transpose()?;
+        let text = dtab.map(canonical_text).transpose()?.map(|(text, _)| text);
         let shared = Arc::clone(&self.shared);
         let (ns, dtab, meta) = (ns.clone(), dtab.cloned(), meta.clone());
         blocking(move || shared.write(&ns, text.zip(dtab), precondition, &meta)).await

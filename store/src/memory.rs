@@ -69,9 +69,9 @@ impl MemoryStore {
         precondition: Precondition<'_>,
         meta: &ChangeMeta,
     ) -> Result<Version, StoreError> {
-        if let Some(dtab) = dtab {
-            canonical_text(dtab)?;
-        }
+        // Keep the dtab the canonical text stands for, as the other stores do.
+        let dtab = dtab.map(canonical_text).transpose()?.map(|(_, dtab)| dtab);
+        let dtab = dtab.as_ref();
         let mut state = self.state();
         let current = state.dtabs.get(ns);
         match (&precondition, current) {
