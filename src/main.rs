@@ -24,6 +24,55 @@ enum Command {
     },
     /// Explain how a path resolves through a dtab.
     Delegate(waymark_cli::DelegateArgs),
+    /// Start a namer, a router and sample services on this machine, and show what to try.
+    Demo(DemoArgs),
+    /// A sample service for the demo and the end-to-end tests.
+    #[command(hide = true)]
+    DemoService(DemoServiceArgs),
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// The router's port.
+    #[arg(long, default_value_t = 4140)]
+    router_port: u16,
+    /// The router's admin port.
+    #[arg(long, default_value_t = 9990)]
+    router_admin_port: u16,
+    /// The namer's HTTP API port.
+    #[arg(long, default_value_t = 4180)]
+    namer_port: u16,
+    /// The namer's gRPC API port.
+    #[arg(long, default_value_t = 4321)]
+    mesh_port: u16,
+    /// The namer's admin port.
+    #[arg(long, default_value_t = 9991)]
+    namer_admin_port: u16,
+    /// Keep dtabs, service files and configurations in this directory (kept on exit).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// Keep the temporary data directory on exit.
+    #[arg(long)]
+    keep_data: bool,
+}
+
+#[derive(Debug, Args)]
+struct DemoServiceArgs {
+    /// The service's name.
+    #[arg(long)]
+    name: String,
+    /// The service's version.
+    #[arg(long)]
+    version: String,
+    /// Where to listen; the address is printed as `listening on ADDR`.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// The service to call on every request, through the router.
+    #[arg(long)]
+    downstream: Option<String>,
+    /// The router's address.
+    #[arg(long, default_value = "127.0.0.1:4140")]
+    router: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -39,6 +88,8 @@ fn main() -> ExitCode {
         Command::Namer(args) => run_namer(args),
         Command::Dtab { command } => waymark_cli::run_dtab(command),
         Command::Delegate(args) => waymark_cli::run_delegate(args),
+        Command::Demo(args) => run_demo(args),
+        Command::DemoService(args) => run_demo_service(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,5 +131,35 @@ fn run_namer(args: ServerArgs) -> Result<(), waymark_cli::Failure> {
         let app = waymark_namer::NamerApp::build(config, Some(log)).await.map_err(fail)?;
         app.run(shutdown_signal()).await;
         Ok(())
+    })
+}
+
+fn run_demo(args: DemoArgs) -> Result<(), waymark_cli::Failure> {
+    let options = waymark_demo::DemoOptions {
+        router_port: args.router_port,
+        router_admin_port: args.router_admin_port,
+        namer_port: args.namer_port,
+        mesh_port: args.mesh_port,
+        namer_admin_port: args.namer_admin_port,
+        data_dir: args.data_dir,
+        keep_data: args.keep_data,
+    };
+    runtime()?.block_on(waymark_demo::run(options, shutdown_signal())).map_err(fail)
+}
+
+fn run_demo_service(args: DemoServiceArgs) -> Result<(), waymark_cli::Failure> {
+    let service = waymark_demo::SampleService {
+        name: args.name,
+        version: args.version,
+        downstream: args.downstream,
+        router: args.router,
+    };
+    runtime()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(fail)?;
+        println!("listening on {}", listener.local_addr().map_err(fail)?);
+        tokio::select! {
+            served = service.serve(listener) => served.map_err(fail),
+            () = shutdown_signal() => Ok(()),
+        }
     })
 }
