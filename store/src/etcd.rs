@@ -657,10 +657,10 @@ impl Shared {
             let events = response.events();
             if events.is_empty() {
                 // A progress notification: every change up to its revision has been sent.
-                if !response.created() {
-                    if let Some(header) = response.header() {
-                        *resume_at = Some(resume_at.unwrap_or(0).max(header.revision() + 1));
-                    }
+                if !response.created()
+                    && let Some(header) = response.header()
+                {
+                    *resume_at = Some(resume_at.unwrap_or(0).max(header.revision() + 1));
                 }
                 continue;
             }

@@ -166,10 +166,10 @@ impl Rewriter {
         let oversized = self.block.as_ref().is_some_and(|b| b.raw.len() > MAX_HEADER_BLOCK);
         if oversized {
             self.pass_through();
-        } else if flags & END_HEADERS != 0 {
-            if let Some(block) = self.block.take() {
-                self.rewrite(block);
-            }
+        } else if flags & END_HEADERS != 0
+            && let Some(block) = self.block.take()
+        {
+            self.rewrite(block);
         }
     }
 
