@@ -287,12 +287,12 @@ impl Reply {
         with_rest(Failure::new(Exit::Error, message), rest)
     }
 
-    /// A 400 about what was sent: the server's reason (with its caret excerpt, if any).
-    fn rejected(&self, what: &str) -> Failure {
+    /// A 400: the server's reason (with its caret excerpt, if any), which namerctl hides.
+    fn rejected(&self) -> Failure {
         let (first, rest) = split_body(&self.body);
         let message = match first {
-            Some(first) => format!("the namer rejected {what}: {first}"),
-            None => format!("the namer rejected {what} ({})", self.status_line()),
+            Some(first) => format!("the namer answered {}: {first}", self.status_line()),
+            None => format!("the namer answered {}", self.status_line()),
         };
         with_rest(Failure::new(Exit::Invalid, message), rest)
     }
@@ -457,7 +457,7 @@ impl Client {
             StatusCode::CONFLICT => {
                 Err(Failure::new(Exit::Exists, format!("namespace {ns} already exists (409 Conflict)")))
             }
-            StatusCode::BAD_REQUEST => Err(reply.rejected("the dtab")),
+            StatusCode::BAD_REQUEST => Err(reply.rejected()),
             _ => Err(reply.unexpected()),
         }
     }
@@ -488,7 +488,7 @@ impl Client {
                     if_match.unwrap_or("?")
                 ),
             )),
-            StatusCode::BAD_REQUEST => Err(reply.rejected("the dtab")),
+            StatusCode::BAD_REQUEST => Err(reply.rejected()),
             _ => Err(reply.unexpected()),
         }
     }
@@ -504,8 +504,8 @@ impl Client {
         }
     }
 
-    /// `GET /api/1/dtabs/<ns>/history`, newest first. namerd has no history: its answer is
-    /// a 404 for a namespace called `<ns>/history`.
+    /// `GET /api/1/dtabs/<ns>/history`, newest first. namerd has no history: it answers 404,
+    /// as for a namespace called `<ns>/history`, so a 404 is checked against the namespace.
     pub fn history(&self, ns: &str) -> Result<History, Failure> {
         let path = format!("/api/1/dtabs/{}/history", segment(ns));
         let reply = self.call(Method::Get, &path, &[("accept", "application/json".into())], None)?;
@@ -514,12 +514,18 @@ impl Client {
                 let entries = parse_json(&reply.body, "a history")?;
                 Ok(History { raw: reply.body, entries })
             }
-            StatusCode::NOT_FOUND => Err(Failure::new(
-                Exit::NotFound,
-                format!(
-                    "no history for namespace {ns} (404 Not Found): it never existed, or the namer keeps none (namerd does not)"
-                ),
-            )),
+            // A namespace that never existed, or a namer without history: ask which.
+            StatusCode::NOT_FOUND => match self.get(ns) {
+                Ok(_) => Err(Failure::new(
+                    Exit::Error,
+                    format!("the namer at {} keeps no history of dtabs (namerd does not)", self.base),
+                )),
+                Err(failure) if failure.exit == Exit::NotFound => Err(Failure::new(
+                    Exit::NotFound,
+                    format!("no history for namespace {ns}: it does not exist (404 Not Found)"),
+                )),
+                Err(failure) => Err(failure),
+            },
             _ => Err(reply.unexpected()),
         }
     }
@@ -565,7 +571,7 @@ impl Client {
                     self.base
                 ),
             )),
-            StatusCode::BAD_REQUEST => Err(reply.rejected(&format!("binding {path}"))),
+            StatusCode::BAD_REQUEST => Err(reply.rejected()),
             _ => Err(reply.unexpected()),
         }
     }
@@ -584,7 +590,7 @@ impl Client {
                 let tree = parse_json(&reply.body, "a delegation tree")?;
                 Ok(Delegation { raw: reply.body, tree })
             }
-            StatusCode::BAD_REQUEST => Err(reply.rejected("the delegation request")),
+            StatusCode::BAD_REQUEST => Err(reply.rejected()),
             _ => Err(reply.unexpected()),
         }
     }
