@@ -28,12 +28,13 @@ pub const BASE_URL_VARIABLES: [&str; 2] = ["WAYMARK_NAMER_URL", "NAMERCTL_BASE_U
 /// namerctl's configuration files, searched in the working directory and its parents.
 const NAMERCTL_CONFIG_FILES: [&str; 3] = [".namerctl.yaml", ".namerctl.yml", ".namerctl.json"];
 
-/// Characters escaped in a namespace inside a URL path: all but RFC 3986's unreserved ones.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+/// Characters escaped in a namespace inside a URL path: all but RFC 3986's unreserved ones
+/// and `/`, which namerd takes as part of the namespace and namerctl sends unescaped.
+const NAMESPACE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
 
 /// Characters escaped in a query value. `/` stays readable; `#`, `&`, `=`, `*`, spaces and
 /// the rest of the dtab syntax are escaped.
-const QUERY_VALUE: &AsciiSet = &SEGMENT.remove(b'/');
+const QUERY_VALUE: &AsciiSet = NAMESPACE;
 
 /// Characters escaped in the history headers: the server percent-decodes them as UTF-8, and
 /// header values cannot hold control characters (non-ASCII is always escaped).
@@ -46,9 +47,11 @@ const MESSAGE_HEADER: &str = "waymark-message";
 /// How to reach the namer; shared by every command that talks to it.
 #[derive(Debug, Clone, Args)]
 pub struct NamerOptions {
-    /// The namer's base URL, such as http://namerd.example.com:4180 (a path prefix is kept).
-    /// Otherwise $WAYMARK_NAMER_URL, $NAMERCTL_BASE_URL, `base-url` in a .namerctl.yaml here
-    /// or in a parent directory, then http://127.0.0.1:4180.
+    /// The namer's base URL, such as http://namerd.example.com:4180 (a path prefix is kept)
+    ///
+    /// Without it: $WAYMARK_NAMER_URL, then $NAMERCTL_BASE_URL, then `base-url` in a
+    /// .namerctl.yaml (or .yml, .json) in this directory or a parent, then
+    /// http://127.0.0.1:4180.
     #[arg(long, global = true, value_name = "URL")]
     pub base_url: Option<String>,
     /// Seconds to wait for the namer to connect and to answer.
@@ -319,9 +322,9 @@ fn with_rest(failure: Failure, rest: Option<&str>) -> Failure {
     }
 }
 
-/// A namespace as one URL path segment.
+/// A namespace in a URL path.
 fn segment(ns: &str) -> String {
-    utf8_percent_encode(ns, SEGMENT).to_string()
+    utf8_percent_encode(ns, NAMESPACE).to_string()
 }
 
 /// A query parameter value.
@@ -662,7 +665,7 @@ mod tests {
     #[test]
     fn names_and_dtabs_are_escaped_in_urls() {
         assert_eq!(segment("default"), "default");
-        assert_eq!(segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(segment("a b/c#"), "a%20b/c%23");
         assert_eq!(
             query("/svc=>/#/io.l5d.fs;/a=>1.00*/b & /c"),
             "/svc%3D%3E/%23/io.l5d.fs%3B/a%3D%3E1.00%2A/b%20%26%20/c"

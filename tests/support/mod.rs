@@ -130,7 +130,7 @@ impl Cli {
         for variable in CLEARED {
             command.env_remove(variable);
         }
-        command.env("USER", "tester").env("NO_COLOR", "1");
+        command.env("USER", "tester").env_remove("NO_COLOR");
         Cli { command, stdin: None }
     }
 
