@@ -148,6 +148,18 @@ fn an_unreachable_namer_is_status_7_naming_the_url() {
     let create = Cli::new(&["dtab", "create", "default", "-", "--base-url", &url]).stdin("/a=>/b").run();
     create.code(UNREACHABLE).one_line_error(&url);
 
+    // https is supported (rustls): the failure is the closed port, not the scheme.
+    let https = format!("https://127.0.0.1:{port}");
+    Cli::new(&["dtab", "list", "--base-url", &https])
+        .run()
+        .code(UNREACHABLE)
+        .one_line_error(&format!("cannot reach the namer at {https}: connection refused"));
+    // A name that cannot resolve (.invalid never does).
+    Cli::new(&["dtab", "list", "--base-url", "http://namer.invalid:4180"])
+        .run()
+        .code(UNREACHABLE)
+        .one_line_error("cannot reach the namer at http://namer.invalid:4180: ");
+
     // A namer that accepts but never answers is unreachable too, once the timeout passes.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_url = format!("http://{}", silent.local_addr().unwrap());
