@@ -17,12 +17,9 @@ struct Cli {
 enum Command {
     /// Run the namer: dtab storage, name resolution, namerd's HTTP API and the io.l5d.mesh gRPC API.
     Namer(ServerArgs),
-    /// Format and manage dtabs.
-    Dtab {
-        #[command(subcommand)]
-        command: waymark_cli::DtabCommand,
-    },
-    /// Explain how a path resolves through a dtab.
+    /// Format dtab files, and manage the dtabs a namer stores (namerctl-compatible).
+    Dtab(waymark_cli::DtabArgs),
+    /// Explain how a path resolves through a dtab, offline or through the namer.
     Delegate(waymark_cli::DelegateArgs),
     /// Start a namer, a router and sample services on this machine, and show what to try.
     Demo(DemoArgs),
@@ -86,7 +83,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Namer(args) => run_namer(args),
-        Command::Dtab { command } => waymark_cli::run_dtab(command),
+        Command::Dtab(args) => waymark_cli::run_dtab(args),
         Command::Delegate(args) => waymark_cli::run_delegate(args),
         Command::Demo(args) => run_demo(args),
         Command::DemoService(args) => run_demo_service(args),

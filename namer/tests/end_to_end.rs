@@ -43,8 +43,11 @@ async fn update_reaches_both_streams(writer: &Namer, watched: &Namer) {
         reqwest::Client::new().get(watched.url("/api/1/bind/default?path=/svc/web&watch=true")).send().await.unwrap(),
     );
 
-    let http_id =
-        |line: String| serde_json::from_str::<Value>(&line).unwrap()["bound"]["id"].as_str().unwrap().to_string();
+    // Until the replica has seen the first write, the name is negative and has no id.
+    let http_id = |line: String| {
+        let tree = serde_json::from_str::<Value>(&line).unwrap();
+        tree["bound"]["id"].as_str().map_or_else(|| format!("({})", tree["type"]), str::to_string)
+    };
 
     // The replica may not have seen the first write yet: wait for it on both streams.
     while grpc_tree(&mut grpc).await != "/$/inet/127.0.0.1/1" {}
