@@ -1,1 +1,114 @@
-fn main() {}
+//! The `waymark` binary: argument parsing and dispatch only; each subcommand is a library app.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Registry, reload};
+
+#[derive(Parser)]
+#[command(name = "waymark", version, about = "A dtab-routed service mesh")]
+struct Cli {
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain, global = true, env = "WAYMARK_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Initial log filter (changeable at run time on the admin port).
+    #[arg(long, default_value = "info", global = true, env = "WAYMARK_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the router (the data-plane proxy).
+    Router {
+        /// The YAML configuration; without it, the documented defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// The log filter behind a reload handle, as the admin port's log control.
+struct ReloadableFilter(reload::Handle<EnvFilter, Registry>);
+
+impl waymark_router::LogControl for ReloadableFilter {
+    fn current(&self) -> String {
+        self.0.with_current(|f| f.to_string()).unwrap_or_default()
+    }
+
+    fn set(&self, filter: &str) -> Result<(), String> {
+        let filter = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+        self.0.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<ReloadableFilter> {
+    let filter = EnvFilter::try_new(filter).context("invalid log filter")?;
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Plain => registry.with(tracing_subscriber::fmt::layer()).init(),
+        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json()).init(),
+    }
+    Ok(ReloadableFilter(handle))
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+fn router(config: Option<PathBuf>, log: ReloadableFilter) -> anyhow::Result<()> {
+    let config = match &config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            waymark_router::RouterConfig::from_yaml(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => waymark_router::RouterConfig::default(),
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime.enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let app = waymark_router::App::build(config).await?.with_log_control(Arc::new(log));
+        app.run(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let log = init_logging(cli.log_format, &cli.log)?;
+    match cli.command {
+        Command::Router { config } => router(config, log),
+    }
+}
