@@ -275,6 +275,7 @@ impl Endpoint {
     }
 
     /// True when the endpoint is in service (not waiting out a backoff).
+    #[cfg(test)]
     pub(crate) fn is_available(&self) -> bool {
         let health = self.health();
         match health.dead_until {
@@ -384,7 +385,8 @@ mod tests {
             hits[usize::from(picked.addr.port() - 1)] += 1;
         }
         assert_eq!(hits[1], 0, "the dead endpoint is skipped: {hits:?}");
-        assert!(hits[0] > hits[2] * 5, "the loaded endpoint is avoided: {hits:?}");
+        // The loaded endpoint only wins when drawn with the dead one: a third of the draws.
+        assert!(hits[0] > 160 && hits[2] < 140, "the loaded endpoint is avoided: {hits:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -63,15 +63,19 @@ pub enum ClassifierConfig {
     /// 5xx are failures and are never retried. The default.
     #[default]
     #[serde(alias = "io.l5d.http.nonRetryable5XX", alias = "io.l5d.h2.nonRetryable5XX")]
+    #[serde(rename = "non_retryable_5xx")]
     NonRetryable5xx,
     /// 5xx are failures, retried for GET, HEAD, OPTIONS and TRACE.
     #[serde(alias = "io.l5d.http.retryableRead5XX", alias = "io.l5d.h2.retryableRead5XX")]
+    #[serde(rename = "retryable_read_5xx")]
     RetryableRead5xx,
     /// 5xx are failures, retried for the read methods and PUT and DELETE.
     #[serde(alias = "io.l5d.http.retryableIdempotent5XX", alias = "io.l5d.h2.retryableIdempotent5XX")]
+    #[serde(rename = "retryable_idempotent_5xx")]
     RetryableIdempotent5xx,
     /// 5xx are failures, retried whatever the method.
     #[serde(alias = "io.l5d.http.retryableAll5XX", alias = "io.l5d.h2.retryableAll5XX")]
+    #[serde(rename = "retryable_all_5xx")]
     RetryableAll5xx,
     /// Every response is a success.
     #[serde(alias = "io.l5d.http.allSuccessful", alias = "io.l5d.h2.allSuccessful")]

@@ -360,12 +360,12 @@ impl Routes {
 
     /// Drops bindings unused for longer than the idle time. Returns how many went.
     pub(crate) fn evict_idle(&self) -> usize {
-        let cutoff = self.now_secs().saturating_sub(self.idle_ttl.as_secs());
+        let (now, ttl) = (self.now_secs(), self.idle_ttl.as_secs());
         let mut evicted = 0;
         for shard in self.shards.iter() {
             let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
             let before = map.len();
-            map.retain(|_, route| route.last_used.load(Ordering::Relaxed) > cutoff);
+            map.retain(|_, route| now.saturating_sub(route.last_used.load(Ordering::Relaxed)) <= ttl);
             evicted += before - map.len();
         }
         self.forget(evicted);
