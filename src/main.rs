@@ -1,6 +1,8 @@
-//! The `waymark` binary: argument parsing and dispatch only; each subcommand is a library app.
+//! `waymark`: the namer, the router and the tools, in one binary. This file only parses the
+//! command line and dispatches; each subcommand lives in its crate.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -9,33 +11,44 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
-#[derive(Parser)]
-#[command(name = "waymark", version, about = "A dtab-routed service mesh")]
+/// A dtab-routed service mesh.
+#[derive(Debug, Parser)]
+#[command(name = "waymark", version, about)]
 struct Cli {
-    /// Log output format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Plain, global = true, env = "WAYMARK_LOG_FORMAT")]
-    log_format: LogFormat,
-    /// Initial log filter (changeable at run time on the admin port).
-    #[arg(long, default_value = "info", global = true, env = "WAYMARK_LOG")]
-    log: String,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Format and manage dtabs.
+    Dtab {
+        #[command(subcommand)]
+        command: waymark_cli::DtabCommand,
+    },
+    /// Explain how a path resolves through a dtab.
+    Delegate(waymark_cli::DelegateArgs),
+    /// Run the router: the HTTP/1.1, HTTP/2 and gRPC proxy.
+    Router(RouterArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RouterArgs {
+    /// The YAML configuration; without it, the documented defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain, env = "WAYMARK_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Initial log filter (changeable at run time on the admin port, `/logging`).
+    #[arg(long, default_value = "info", env = "WAYMARK_LOG")]
+    log: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Plain,
     Json,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the router (the data-plane proxy).
-    Router {
-        /// The YAML configuration; without it, the documented defaults.
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
 }
 
 /// The log filter behind a reload handle, as the admin port's log control.
@@ -85,8 +98,9 @@ async fn shutdown_signal() {
     }
 }
 
-fn router(config: Option<PathBuf>, log: ReloadableFilter) -> anyhow::Result<()> {
-    let config = match &config {
+fn router(args: RouterArgs) -> anyhow::Result<()> {
+    let log = init_logging(args.log_format, &args.log)?;
+    let config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             waymark_router::RouterConfig::from_yaml(&text).with_context(|| format!("in {}", path.display()))?
@@ -105,10 +119,23 @@ fn router(config: Option<PathBuf>, log: ReloadableFilter) -> anyhow::Result<()> 
     })
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log = init_logging(cli.log_format, &cli.log)?;
-    match cli.command {
-        Command::Router { config } => router(config, log),
+    let result = match cli.command {
+        Command::Dtab { command } => waymark_cli::run_dtab(command),
+        Command::Delegate(args) => waymark_cli::run_delegate(args),
+        Command::Router(args) => {
+            return match router(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("waymark router: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
     }
 }

@@ -48,6 +48,19 @@ pub struct Interpreter {
     inner: Arc<Inner>,
 }
 
+/// Changes of the names the enumerating namers know; see [`Interpreter::watch_bound_names`].
+#[derive(Debug)]
+pub struct NamesChanges {
+    changes: Vec<watch::Receiver<u64>>,
+}
+
+impl NamesChanges {
+    /// Waits for the next change (forever, when no namer can enumerate names).
+    pub async fn changed(&mut self) {
+        any_changed(&mut self.changes).await
+    }
+}
+
 /// A view of an [`Interpreter`] for one namespace, as a [`Resolver`].
 #[derive(Clone, Debug)]
 pub struct NamespaceResolver {
@@ -222,6 +235,23 @@ impl Interpreter {
             .collect();
         names.sort();
         names
+    }
+
+    /// A subscription to changes of [`Interpreter::bound_names`]. Subscribe first, then read
+    /// the names, so that no change falls between the two.
+    pub fn watch_bound_names(&self) -> NamesChanges {
+        let changes = self
+            .inner
+            .mounts
+            .iter()
+            .filter(|(_, n)| n.names().is_some())
+            .map(|(_, n)| {
+                let mut rx = n.changes();
+                rx.mark_unchanged();
+                rx
+            })
+            .collect();
+        NamesChanges { changes }
     }
 
     /// The logical paths currently bound (watched, or idle but still kept) in `namespace`.

@@ -1,0 +1,380 @@
+//! The namer's configuration: YAML, with a `kind` tag on every pluggable part and unknown
+//! keys rejected. Each component owns its section; this module composes them and validates
+//! the whole file, reporting every problem at once with where it is.
+//!
+//! With no file at all, [`NamerConfig::default`] is a working namer for a first try: an
+//! in-memory store, the HTTP API on 127.0.0.1:4180, the gRPC API on 127.0.0.1:4321 and the
+//! admin port on 127.0.0.1:9991.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::Deserialize;
+use waymark_interpreter::namers::validate_all;
+use waymark_interpreter::{InterpreterOptions, NamerConfig as NamerKind};
+use waymark_admin::LogFormat;
+use waymark_store::StoreConfig;
+
+/// The whole namer configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NamerConfig {
+    /// Where dtabs are kept. Default: in memory.
+    #[serde(default = "default_storage")]
+    pub storage: StoreConfig,
+    /// Service discovery namers, mounted under `/#/<prefix>`, consulted in order.
+    #[serde(default)]
+    pub namers: Vec<NamerKind>,
+    /// The APIs served: the namerd HTTP API and the `io.l5d.mesh` gRPC API.
+    #[serde(default = "default_interfaces")]
+    pub interfaces: Vec<InterfaceConfig>,
+    /// The admin server: metrics, readiness and liveness.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Binding behaviour.
+    #[serde(default)]
+    pub interpreter: InterpreterConfig,
+    /// Log output.
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+/// One served API, chosen by `kind` (namerd's interface names).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "kind", deny_unknown_fields)]
+pub enum InterfaceConfig {
+    /// namerd's HTTP API (`/api/1/...`), default 127.0.0.1:4180.
+    #[serde(rename = "io.l5d.httpController")]
+    Http {
+        /// The address to listen on.
+        #[serde(default = "loopback")]
+        ip: IpAddr,
+        /// The port to listen on (0 picks a free one).
+        #[serde(default = "http_port")]
+        port: u16,
+    },
+    /// Linkerd 1's `io.l5d.mesh` gRPC API, default 127.0.0.1:4321.
+    #[serde(rename = "io.l5d.mesh")]
+    Mesh {
+        /// The address to listen on.
+        #[serde(default = "loopback")]
+        ip: IpAddr,
+        /// The port to listen on (0 picks a free one).
+        #[serde(default = "mesh_port")]
+        port: u16,
+    },
+}
+
+/// The admin server.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The address to listen on.
+    #[serde(default = "loopback")]
+    pub ip: IpAddr,
+    /// The port to listen on (namerd's default, 9991; 0 picks a free one).
+    #[serde(default = "admin_port")]
+    pub port: u16,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+/// Binding behaviour.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InterpreterConfig {
+    /// The most lookups one chain of rewrites may take (Finagle's default, 100).
+    #[serde(default = "default_max_depth")]
+    pub max_depth: usize,
+    /// How long a binding is kept after its last watcher left.
+    #[serde(default = "default_idle_ttl_secs")]
+    pub idle_ttl_secs: u64,
+    /// How often `/$/inet` host names are resolved again.
+    #[serde(default = "default_dns_refresh_ms")]
+    pub dns_refresh_ms: u64,
+    /// How long a non-streaming bind, resolve or delegate request may wait for names and
+    /// addresses to become known before it answers 503.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// A tracing filter, such as `info` or `waymark_namer=debug,info`. `RUST_LOG` overrides it.
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// `plain` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// A problem in the configuration: where (a key path) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key path, such as `interfaces[1].port`.
+    pub at: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Why a configuration cannot be used: every problem found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the configuration came from.
+    pub origin: String,
+    /// The problems.
+    pub problems: Vec<Problem>,
+}
+
+fn default_storage() -> StoreConfig {
+    StoreConfig::Memory(Default::default())
+}
+
+fn default_interfaces() -> Vec<InterfaceConfig> {
+    vec![
+        InterfaceConfig::Http { ip: loopback(), port: http_port() },
+        InterfaceConfig::Mesh { ip: loopback(), port: mesh_port() },
+    ]
+}
+
+fn loopback() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+fn http_port() -> u16 {
+    4180
+}
+
+fn mesh_port() -> u16 {
+    4321
+}
+
+fn admin_port() -> u16 {
+    9991
+}
+
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
+}
+
+fn default_max_depth() -> usize {
+    waymark_dtab::DEFAULT_MAX_DEPTH
+}
+
+fn default_idle_ttl_secs() -> u64 {
+    60
+}
+
+fn default_dns_refresh_ms() -> u64 {
+    5_000
+}
+
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_level() -> String {
+    "info".to_string()
+}
+
+impl Default for NamerConfig {
+    fn default() -> Self {
+        NamerConfig {
+            storage: default_storage(),
+            namers: Vec::new(),
+            interfaces: default_interfaces(),
+            admin: AdminConfig::default(),
+            interpreter: InterpreterConfig::default(),
+            logging: LoggingConfig::default(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { ip: loopback(), port: admin_port(), shutdown_grace_ms: default_shutdown_grace_ms() }
+    }
+}
+
+impl Default for InterpreterConfig {
+    fn default() -> Self {
+        InterpreterConfig {
+            max_depth: default_max_depth(),
+            idle_ttl_secs: default_idle_ttl_secs(),
+            dns_refresh_ms: default_dns_refresh_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+        }
+    }
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig { level: default_level(), format: LogFormat::default() }
+    }
+}
+
+impl InterfaceConfig {
+    /// The address the interface listens on.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            InterfaceConfig::Http { ip, port } | InterfaceConfig::Mesh { ip, port } => SocketAddr::new(*ip, *port),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The address the admin server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+}
+
+impl InterpreterConfig {
+    /// The interpreter's options.
+    pub fn options(&self) -> InterpreterOptions {
+        InterpreterOptions {
+            max_depth: self.max_depth,
+            idle_ttl: Duration::from_secs(self.idle_ttl_secs),
+            dns_refresh: Duration::from_millis(self.dns_refresh_ms),
+        }
+    }
+
+    /// The deadline for non-streaming requests.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+impl NamerConfig {
+    /// Parses YAML (JSON is YAML too) and validates the result.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: NamerConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError {
+            origin: origin.to_string(),
+            problems: vec![Problem { at: String::new(), message: e.to_string() }],
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError { origin: origin.to_string(), problems }) }
+    }
+
+    /// Reads and validates a configuration file (`-` for standard input).
+    pub fn load(file: &str) -> Result<Self, ConfigError> {
+        let text = if file == "-" {
+            std::io::read_to_string(std::io::stdin())
+        } else {
+            std::fs::read_to_string(file)
+        }
+        .map_err(|e| ConfigError {
+            origin: file.to_string(),
+            problems: vec![Problem { at: String::new(), message: format!("cannot read: {e}") }],
+        })?;
+        NamerConfig::from_yaml(&text, file)
+    }
+
+    /// Every problem that can be found without I/O.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Err(errors) = self.storage.validate() {
+            problems.extend(
+                errors.0.into_iter().map(|p| Problem { at: format!("storage.{}", p.path), message: p.message }),
+            );
+        }
+        problems.extend(validate_all(&self.namers, "namers").into_iter().map(|p| Problem { at: p.at, message: p.message }));
+        if self.interfaces.is_empty() {
+            problems.push(Problem { at: "interfaces".into(), message: "at least one interface is needed".into() });
+        }
+        let mut ports = vec![("admin".to_string(), self.admin.addr())];
+        ports.extend(self.interfaces.iter().enumerate().map(|(i, c)| (format!("interfaces[{i}]"), c.addr())));
+        for (i, (at, addr)) in ports.iter().enumerate() {
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some((first, _)) = ports[..i].iter().find(|(_, other)| other == addr) {
+                problems.push(Problem { at: format!("{at}.port"), message: format!("{addr} is already used by {first}") });
+            }
+        }
+        if self.interpreter.max_depth == 0 {
+            problems.push(Problem { at: "interpreter.max_depth".into(), message: "must be at least 1".into() });
+        }
+        if self.interpreter.max_depth > waymark_dtab::MAX_RECURSION {
+            problems.push(Problem {
+                at: "interpreter.max_depth".into(),
+                message: format!("at most {} (the recursion guard)", waymark_dtab::MAX_RECURSION),
+            });
+        }
+        if self.interpreter.request_timeout_ms == 0 {
+            problems.push(Problem { at: "interpreter.request_timeout_ms".into(), message: "must be at least 1".into() });
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
+            problems.push(Problem { at: "logging.level".into(), message: format!("not a log filter: {e}") });
+        }
+        problems
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural = if self.problems.len() == 1 { "" } else { "s" };
+        write!(f, "{}: {} problem{plural}", self.origin, self.problems.len())?;
+        for p in &self.problems {
+            if p.at.is_empty() {
+                write!(f, "\n  {}", p.message)?;
+            } else {
+                write!(f, "\n  {}: {}", p.at, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_file_is_a_working_namer_on_the_default_ports() {
+        let config = NamerConfig::from_yaml("{}", "empty").unwrap();
+        assert_eq!(config, NamerConfig::default());
+        let addrs: Vec<SocketAddr> = config.interfaces.iter().map(InterfaceConfig::addr).collect();
+        assert_eq!(addrs, ["127.0.0.1:4180".parse().unwrap(), "127.0.0.1:4321".parse().unwrap()]);
+        assert_eq!(config.admin.addr(), "127.0.0.1:9991".parse().unwrap());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_location() {
+        let yaml = r#"
+storage:
+  kind: memory
+  namespaces:
+    "bad name": "/a => /b"
+namers:
+  - kind: io.l5d.fs
+    root_dir: /tmp/a
+  - kind: io.l5d.fs
+    prefix: /io.l5d.fs/sub
+    root_dir: /tmp/b
+interfaces:
+  - kind: io.l5d.httpController
+    port: 9991
+interpreter:
+  max_depth: 0
+"#;
+        let err = NamerConfig::from_yaml(yaml, "namer.yaml").unwrap_err();
+        let at: Vec<&str> = err.problems.iter().map(|p| p.at.as_str()).collect();
+        assert_eq!(at, ["storage.namespaces.bad name", "namers[1].prefix", "interfaces[0].port", "interpreter.max_depth"]);
+        assert!(err.to_string().starts_with("namer.yaml: 4 problems"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_kinds_are_rejected() {
+        let err = NamerConfig::from_yaml("interfaces:\n  - kind: io.l5d.thriftNameInterpreter\n", "x").unwrap_err();
+        assert!(err.problems[0].message.contains("io.l5d.thriftNameInterpreter"), "{err}");
+        let err = NamerConfig::from_yaml("admin:\n  prot: 1\n", "x").unwrap_err();
+        assert!(err.problems[0].message.contains("prot"), "{err}");
+    }
+}

@@ -1,0 +1,294 @@
+//! `/api/1/dtabs`: list, read (JSON or text, with ETag), create, update (with `If-Match`),
+//! delete, watch and history.
+
+use std::time::SystemTime;
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_stream::wrappers::WatchStream;
+use waymark_dtab::Dtab;
+use waymark_dtab::json::{DentryJson, dtab_from_json};
+use waymark_store::{ChangeMeta, HistoryEntry, Namespace, Version};
+
+use super::watch::stream_response;
+use super::{ApiError, HttpApi, document, is_watch};
+
+/// The author of a change, for history.
+pub const AUTHOR_HEADER: &str = "waymark-author";
+/// The reason for a change, for history.
+pub const MESSAGE_HEADER: &str = "waymark-message";
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct WatchQuery {
+    watch: Option<String>,
+}
+
+/// The two ways a dtab travels over this API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    /// `[{"prefix":..,"dst":..}]`
+    Json,
+    /// The canonical text, labelled with the media type the client asked for.
+    Text(&'static str),
+}
+
+/// One entry of `/api/1/dtabs/<ns>/history`, newest first.
+#[derive(Debug, Serialize)]
+struct HistoryJson {
+    /// The version this change produced, as an ETag.
+    version: String,
+    /// The dtab after the change; `null` when the change deleted the namespace.
+    dtab: Option<Vec<DentryJson>>,
+    /// When, in RFC 3339.
+    at: String,
+    author: Option<String>,
+    message: Option<String>,
+}
+
+pub(crate) fn etag(version: &Version) -> String {
+    BASE64.encode(version.as_bytes())
+}
+
+/// Decodes an `If-Match` value leniently, as namerd does: quotes and a weak marker are
+/// ignored. A value that still cannot be decoded cannot match any version.
+fn if_match(headers: &HeaderMap) -> Result<Option<Version>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let text = value.to_str().map_err(|_| ApiError::PreconditionFailed)?.trim();
+    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    let bytes = BASE64
+        .decode(text)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text.trim_end_matches('=')))
+        .map_err(|_| ApiError::PreconditionFailed)?;
+    Ok(Some(Version::from_bytes(bytes)))
+}
+
+fn media_type(value: &str) -> String {
+    value.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+fn codec_of(media_type: &str) -> Option<Codec> {
+    match media_type {
+        "application/json" => Some(Codec::Json),
+        "application/dtab" => Some(Codec::Text("application/dtab")),
+        "text/plain" => Some(Codec::Text("text/plain")),
+        _ => None,
+    }
+}
+
+/// The codec for a response: the first media type of `Accept` (by quality) that is
+/// understood, else JSON.
+fn negotiate(headers: &HeaderMap) -> Codec {
+    let accept = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
+    let mut ranges: Vec<(f32, String)> = accept
+        .split(',')
+        .filter(|r| !r.trim().is_empty())
+        .map(|range| {
+            let quality = range
+                .split(';')
+                .skip(1)
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (quality, media_type(range))
+        })
+        .collect();
+    ranges.sort_by(|a, b| b.0.total_cmp(&a.0));
+    ranges.iter().find_map(|(_, m)| codec_of(m)).unwrap_or(Codec::Json)
+}
+
+fn render(codec: Codec, dtab: &Dtab) -> String {
+    match codec {
+        Codec::Json => serde_json::to_string(&Vec::<DentryJson>::from(dtab)).unwrap_or_default(),
+        Codec::Text(_) => dtab.to_string(),
+    }
+}
+
+fn content_type(codec: Codec) -> &'static str {
+    match codec {
+        Codec::Json => "application/json",
+        Codec::Text(ct) => ct,
+    }
+}
+
+/// Parses a request body by its `Content-Type`.
+fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Dtab, ApiError> {
+    let raw_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let codec = codec_of(&media_type(raw_type))
+        .ok_or_else(|| ApiError::BadRequest(format!("Invalid Content-Type \"{raw_type}\". ")))?;
+    match codec {
+        Codec::Json => {
+            let dentries: Vec<Option<DentryJson>> = serde_json::from_slice(body)
+                .map_err(|e| ApiError::BadRequest(format!("Invalid JSON dtab: {e}")))?;
+            let dentries: Vec<DentryJson> = dentries.into_iter().collect::<Option<_>>().ok_or_else(|| {
+                ApiError::BadRequest(format!("The dtab contains invalid dentries: {}", String::from_utf8_lossy(body)))
+            })?;
+            dtab_from_json(&dentries).map_err(|e| ApiError::BadRequest(format!("Invalid dtab: {e}")))
+        }
+        Codec::Text(_) => {
+            let text =
+                std::str::from_utf8(body).map_err(|_| ApiError::BadRequest("the dtab is not UTF-8 text".into()))?;
+            text.parse::<Dtab>().map_err(|e| ApiError::BadRequest(format!("Invalid dtab: {e}\n{}", e.excerpt())))
+        }
+    }
+}
+
+fn change_meta(headers: &HeaderMap) -> ChangeMeta {
+    let text = |name: &str| {
+        headers.get(name).and_then(|v| v.to_str().ok()).map(|v| {
+            percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned()
+        })
+    };
+    ChangeMeta { author: text(AUTHOR_HEADER), message: text(MESSAGE_HEADER) }
+}
+
+fn no_content_with_etag(version: &Version) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Ok(value) = HeaderValue::from_str(&etag(version)) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// `GET /api/1/dtabs`: the namespace names, sorted; streamed with `watch`.
+pub(crate) async fn list(State(api): State<HttpApi>, Query(q): Query<WatchQuery>) -> Result<Response, ApiError> {
+    if is_watch(q.watch.as_deref()) {
+        let documents = WatchStream::new(api.store.watch_list())
+            .map(|names| serde_json::to_string(&names.iter().map(Namespace::as_str).collect::<Vec<_>>()).unwrap_or_default());
+        return Ok(stream_response(&api, "dtabs", Some("application/json"), documents));
+    }
+    let names = api.store.list().await?;
+    let names: Vec<&str> = names.iter().map(Namespace::as_str).collect();
+    Ok(document(Some("application/json"), format!("{}\n", serde_json::to_string(&names).unwrap_or_default())))
+}
+
+/// Everything under `/api/1/dtabs/`: one namespace, or its history.
+pub(crate) async fn resource(
+    State(api): State<HttpApi>,
+    method: Method,
+    UrlPath(rest): UrlPath<String>,
+    Query(q): Query<WatchQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if let Some(ns) = rest.strip_suffix("/history") {
+        let ns = namespace(ns)?;
+        return match method {
+            Method::GET | Method::HEAD => history(&api, &ns).await,
+            _ => Err(method_not_allowed("GET, HEAD")),
+        };
+    }
+    let ns = namespace(&rest)?;
+    match method {
+        Method::GET if is_watch(q.watch.as_deref()) => Ok(watch_dtab(&api, &ns, negotiate(&headers))),
+        Method::GET => get(&api, &ns, negotiate(&headers), false).await,
+        Method::HEAD => get(&api, &ns, Codec::Json, true).await,
+        Method::POST => {
+            let dtab = parse_body(&headers, &body)?;
+            let version = api.store.create(&ns, &dtab, &change_meta(&headers)).await?;
+            Ok(no_content_with_etag(&version))
+        }
+        Method::PUT => {
+            let dtab = parse_body(&headers, &body)?;
+            let meta = change_meta(&headers);
+            let version = match if_match(&headers)? {
+                Some(expected) => api.store.update(&ns, &dtab, &expected, &meta).await?,
+                // Without If-Match, PUT is an upsert, as in every namerd store.
+                None => api.store.put(&ns, &dtab, &meta).await?,
+            };
+            Ok(no_content_with_etag(&version))
+        }
+        Method::DELETE => {
+            api.store.delete(&ns, &change_meta(&headers)).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        _ => Err(method_not_allowed("GET, HEAD, POST, PUT, DELETE")),
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> ApiError {
+    ApiError::MethodNotAllowed(allow)
+}
+
+fn namespace(text: &str) -> Result<Namespace, ApiError> {
+    text.parse::<Namespace>().map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+async fn get(api: &HttpApi, ns: &Namespace, codec: Codec, head: bool) -> Result<Response, ApiError> {
+    let current = api.store.get(ns).await?;
+    let mut response = if head {
+        StatusCode::OK.into_response()
+    } else {
+        document(Some(content_type(codec)), format!("{}\n", render(codec, &current.dtab)))
+    };
+    if let Ok(value) = HeaderValue::from_str(&etag(&current.version)) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    Ok(response)
+}
+
+/// Streams the dtab: nothing while the namespace does not exist, then every change.
+fn watch_dtab(api: &HttpApi, ns: &Namespace, codec: Codec) -> Response {
+    let documents = WatchStream::new(api.store.watch(ns))
+        .filter_map(move |current| futures::future::ready(current.map(|v| render(codec, &v.dtab))));
+    stream_response(api, "dtab", Some(content_type(codec)), documents)
+}
+
+async fn history(api: &HttpApi, ns: &Namespace) -> Result<Response, ApiError> {
+    let entries: Vec<HistoryEntry> = api.store.history(ns).await?;
+    let json: Vec<HistoryJson> = entries
+        .iter()
+        .map(|e| HistoryJson {
+            version: etag(&e.version),
+            dtab: e.dtab.as_ref().map(Vec::<DentryJson>::from),
+            at: rfc3339(e.at),
+            author: e.author.clone(),
+            message: e.message.clone(),
+        })
+        .collect();
+    Ok(document(Some("application/json"), format!("{}\n", serde_json::to_string(&json).unwrap_or_default())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn accept_picks_the_best_understood_type() {
+        assert_eq!(negotiate(&headers(&[])), Codec::Json);
+        assert_eq!(negotiate(&headers(&[("accept", "application/dtab")])), Codec::Text("application/dtab"));
+        assert_eq!(
+            negotiate(&headers(&[("accept", "application/json;q=0.5, text/plain;charset=UTF-8;q=0.9")])),
+            Codec::Text("text/plain")
+        );
+        assert_eq!(negotiate(&headers(&[("accept", "*/*, image/png")])), Codec::Json);
+        assert_eq!(negotiate(&headers(&[("accept", "TEXT/PLAIN")])), Codec::Text("text/plain"));
+    }
+
+    #[test]
+    fn if_match_is_lenient_about_quotes() {
+        let v = Version::from_bytes(vec![0, 0, 0, 0, 0, 0, 0, 1]);
+        for value in ["AAAAAAAAAAE=", "\"AAAAAAAAAAE=\"", "W/\"AAAAAAAAAAE=\"", "AAAAAAAAAAE"] {
+            let h = headers(&[("if-match", value)]);
+            assert_eq!(if_match(&h).unwrap(), Some(v.clone()), "{value}");
+        }
+        assert!(matches!(if_match(&headers(&[("if-match", "%%%")])), Err(ApiError::PreconditionFailed)));
+    }
+}

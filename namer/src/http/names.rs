@@ -1,0 +1,281 @@
+//! Names: `/api/1/bind`, `/addr`, `/resolve`, `/delegate` and `/bound-names`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
+use futures::{Stream, StreamExt, future, stream};
+use serde::Deserialize;
+use tokio_stream::wrappers::WatchStream;
+use waymark_dtab::json::DelegateJson;
+use waymark_dtab::{Addr, BoundLeaf, BoundName, DelegateTree, Dtab, NameTree, Path};
+
+use super::watch::{TreeState, TreeWatch, stream_response};
+use super::{ApiError, HttpApi, document, is_watch};
+
+/// namerd answers a delegation within 2 s; addresses still unknown by then are shown pending.
+const DELEGATE_ADDRESS_WAIT: Duration = Duration::from_secs(2);
+
+/// The namespace standing for "no namespace": not a valid namespace name, so it never has a
+/// stored dtab and binds with the request's dtab alone.
+const NO_NAMESPACE: &str = "";
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct NameQuery {
+    path: Option<String>,
+    dtab: Option<String>,
+    watch: Option<String>,
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DelegateBody {
+    namespace: Option<String>,
+    dtab: String,
+    path: String,
+}
+
+fn parse_path(raw: Option<&str>) -> Result<Path, ApiError> {
+    let raw = raw.ok_or_else(|| ApiError::BadRequest("Invalid path: the path parameter is required".into()))?;
+    raw.parse::<Path>().map_err(|e| ApiError::BadRequest(format!("Invalid path: {raw} / {e}\n{}", e.excerpt())))
+}
+
+/// The extra dtab of a request; missing or empty is the empty dtab (Linkerd sends `dtab=`).
+fn parse_dtab(raw: Option<&str>) -> Result<Dtab, ApiError> {
+    match raw {
+        None | Some("") => Ok(Dtab::empty()),
+        Some(text) => text.parse::<Dtab>().map_err(|e| ApiError::BadRequest(format!("Invalid dtab: {e}\n{}", e.excerpt()))),
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// `GET /api/1/bind/<ns>?path=&dtab=[&watch=]`
+pub(crate) async fn bind(
+    State(api): State<HttpApi>,
+    UrlPath(ns): UrlPath<String>,
+    Query(q): Query<NameQuery>,
+) -> Result<Response, ApiError> {
+    bind_in(&api, &ns, &q).await
+}
+
+/// `GET /api/1/bind?path=&dtab=`: binds with the given dtab alone.
+pub(crate) async fn bind_without_namespace(
+    State(api): State<HttpApi>,
+    Query(q): Query<NameQuery>,
+) -> Result<Response, ApiError> {
+    bind_in(&api, NO_NAMESPACE, &q).await
+}
+
+async fn bind_in(api: &HttpApi, ns: &str, q: &NameQuery) -> Result<Response, ApiError> {
+    let path = parse_path(q.path.as_deref())?;
+    let extra = parse_dtab(q.dtab.as_deref())?;
+    let tree = TreeWatch::new(api.interpreter.clone(), api.interpreter.bind(ns, &path, &extra));
+    if is_watch(q.watch.as_deref()) {
+        let documents = tree_documents(tree, |tree, state| json(&tree.json(state)));
+        return Ok(stream_response(api, "bind", Some("application/json"), documents));
+    }
+    let (tree, bound) = complete_tree(api, tree).await?;
+    Ok(document(Some("application/json"), format!("{}\n", json(&tree.json(&bound)))))
+}
+
+/// Waits, up to the request timeout, for a binding whose leaves all have known addresses.
+async fn complete_tree(api: &HttpApi, mut tree: TreeWatch) -> Result<(TreeWatch, Arc<NameTree<BoundLeaf>>), ApiError> {
+    let wait = async {
+        loop {
+            match tree.current() {
+                TreeState::Bound { tree: bound, complete: true } => return Ok(bound),
+                TreeState::Failed(e) => return Err(ApiError::Internal(e)),
+                TreeState::Pending | TreeState::Bound { .. } => {}
+            }
+            if !tree.changed().await {
+                return Err(ApiError::Unavailable("the namer is shutting down".into()));
+            }
+        }
+    };
+    match tokio::time::timeout(api.request_timeout, wait).await {
+        Ok(Ok(bound)) => Ok((tree, bound)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ApiError::Unavailable("Request timed out.".into())),
+    }
+}
+
+/// One document per complete state of a bound tree; a failure is written as its message and
+/// ends the stream, as namerd does.
+fn tree_documents<F>(tree: TreeWatch, render: F) -> impl Stream<Item = String> + Send + 'static
+where
+    F: Fn(&TreeWatch, &NameTree<BoundLeaf>) -> String + Send + Sync + 'static,
+{
+    let render = Arc::new(render);
+    stream::unfold(Some(tree), move |tree| {
+        let render = render.clone();
+        async move {
+            let mut tree = tree?;
+            loop {
+                match tree.current() {
+                    TreeState::Bound { tree: bound, complete: true } => {
+                        let doc = render(&tree, &bound);
+                        return Some((doc, Some(tree)));
+                    }
+                    TreeState::Failed(e) => return Some((e, None)),
+                    TreeState::Pending | TreeState::Bound { .. } => {}
+                }
+                if !tree.changed().await {
+                    return None;
+                }
+            }
+        }
+    })
+}
+
+/// Picks one bound id from a tree as namerd's `resolve` does: a union branch at random by
+/// weight, an alternative's first branch that yields one; nothing for `~`, `!` and `$`.
+fn pick(tree: &NameTree<BoundLeaf>) -> Option<&BoundName> {
+    match tree {
+        NameTree::Leaf(leaf) => Some(&leaf.name),
+        NameTree::Alt(trees) => trees.iter().find_map(pick),
+        NameTree::Union(branches) => {
+            let total: f64 = branches.iter().map(|w| w.weight.get()).sum();
+            if total <= 0.0 {
+                return branches.iter().find_map(|w| pick(&w.tree));
+            }
+            let mut point = fastrand::f64() * total;
+            for branch in branches {
+                point -= branch.weight.get();
+                if point < 0.0 {
+                    return pick(&branch.tree);
+                }
+            }
+            branches.last().and_then(|w| pick(&w.tree))
+        }
+        NameTree::Neg | NameTree::Fail | NameTree::Empty => None,
+    }
+}
+
+fn resolved(tree: &TreeWatch, bound: &NameTree<BoundLeaf>) -> Addr {
+    pick(bound).and_then(|name| tree.addr(name.id())).unwrap_or(Addr::Neg)
+}
+
+/// `GET /api/1/resolve/<ns>?path=&dtab=[&watch=]`: binds, picks one id, answers its addresses.
+pub(crate) async fn resolve(
+    State(api): State<HttpApi>,
+    UrlPath(ns): UrlPath<String>,
+    Query(q): Query<NameQuery>,
+) -> Result<Response, ApiError> {
+    let path = parse_path(q.path.as_deref())?;
+    let extra = parse_dtab(q.dtab.as_deref())?;
+    let tree = TreeWatch::new(api.interpreter.clone(), api.interpreter.bind(&ns, &path, &extra));
+    if is_watch(q.watch.as_deref()) {
+        let documents = tree_documents(tree, |tree, bound| json(&resolved(tree, bound)));
+        return Ok(stream_response(&api, "resolve", Some("application/json"), documents));
+    }
+    let (tree, bound) = complete_tree(&api, tree).await?;
+    Ok(document(Some("application/json"), format!("{}\n", json(&resolved(&tree, &bound)))))
+}
+
+/// `GET /api/1/addr/<ns>?path=<id>[&watch=]`: the addresses of a concrete bound id.
+pub(crate) async fn addr(
+    State(api): State<HttpApi>,
+    UrlPath(_ns): UrlPath<String>,
+    Query(q): Query<NameQuery>,
+) -> Result<Response, ApiError> {
+    let id = parse_path(q.path.as_deref())?;
+    let mut rx = api.interpreter.resolve(&id);
+    if is_watch(q.watch.as_deref()) {
+        let documents = WatchStream::new(rx).filter(|a| future::ready(!a.is_pending())).map(|a| json(&a));
+        return Ok(stream_response(&api, "addr", Some("application/json"), documents));
+    }
+    let addr = match tokio::time::timeout(api.request_timeout, rx.wait_for(|a| !a.is_pending())).await {
+        Ok(Ok(addr)) => addr.clone(),
+        Ok(Err(_)) => return Err(ApiError::Unavailable("the namer is shutting down".into())),
+        Err(_) => return Err(ApiError::Unavailable("Request timed out.".into())),
+    };
+    Ok(document(Some("application/json"), format!("{}\n", json(&addr))))
+}
+
+/// The delegation tree as namerd's JSON, with each leaf's addresses as known within
+/// [`DELEGATE_ADDRESS_WAIT`].
+async fn delegate_json(api: &HttpApi, tree: &DelegateTree) -> String {
+    let names = tree.bound_names();
+    let mut watches: Vec<_> = names.iter().map(|name| (name.id().clone(), api.interpreter.resolve(name.id()))).collect();
+    let wait = future::join_all(watches.iter_mut().map(|(_, rx)| rx.wait_for(|a| !a.is_pending())));
+    let _ = tokio::time::timeout(DELEGATE_ADDRESS_WAIT.min(api.request_timeout), wait).await;
+    let addrs: std::collections::HashMap<Path, Addr> =
+        watches.iter().map(|(id, rx)| (id.clone(), rx.borrow().clone())).collect();
+    json(&DelegateJson::from_tree(tree, &mut |name| addrs.get(name.id()).cloned()))
+}
+
+async fn delegate_in(api: &HttpApi, ns: &str, path: &Path, extra: &Dtab) -> Result<Response, ApiError> {
+    let tree = api
+        .interpreter
+        .delegate(ns, path, extra)
+        .map_err(|e| ApiError::BadRequest(format!("cannot delegate {path}: {e}")))?;
+    Ok(document(Some("application/json"), delegate_json(api, &tree).await))
+}
+
+/// `GET /api/1/delegate/<ns>?path=&dtab=`: stored dtab followed by `dtab`.
+pub(crate) async fn delegate(
+    State(api): State<HttpApi>,
+    UrlPath(ns): UrlPath<String>,
+    Query(q): Query<NameQuery>,
+) -> Result<Response, ApiError> {
+    let path = parse_path(q.path.as_deref())?;
+    let extra = parse_dtab(q.dtab.as_deref())?;
+    delegate_in(&api, &ns, &path, &extra).await
+}
+
+/// `GET /api/1/delegate?path=&dtab=[&namespace=]`: with a namespace, its stored dtab
+/// followed by `dtab`; without one, `dtab` alone.
+pub(crate) async fn delegate_query(State(api): State<HttpApi>, Query(q): Query<NameQuery>) -> Result<Response, ApiError> {
+    let path = parse_path(q.path.as_deref())?;
+    let extra = parse_dtab(q.dtab.as_deref())?;
+    delegate_in(&api, q.namespace.as_deref().unwrap_or(NO_NAMESPACE), &path, &extra).await
+}
+
+/// `POST /api/1/delegate` with `{"namespace": .., "dtab": .., "path": ..}`.
+pub(crate) async fn delegate_post(
+    State(api): State<HttpApi>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type.split(';').next().map(str::trim) != Some("application/json") {
+        return Err(ApiError::UnsupportedMediaType(format!("expected application/json, not {content_type:?}")));
+    }
+    let request: DelegateBody = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::BadRequest(format!("Malformed delegation request: {}", String::from_utf8_lossy(&body)))
+    })?;
+    let path = parse_path(Some(&request.path))?;
+    let dtab = parse_dtab(Some(&request.dtab))?;
+    delegate_in(&api, request.namespace.as_deref().unwrap_or(NO_NAMESPACE), &path, &dtab).await
+}
+
+/// `GET /api/1/bound-names[?watch=]`: the concrete names the enumerating namers know.
+pub(crate) async fn bound_names(State(api): State<HttpApi>, Query(q): Query<NameQuery>) -> Result<Response, ApiError> {
+    let render = |names: Vec<Path>| json(&names.iter().map(ToString::to_string).collect::<Vec<_>>());
+    if is_watch(q.watch.as_deref()) {
+        let interpreter = api.interpreter.clone();
+        let changes = interpreter.watch_bound_names();
+        let documents = stream::unfold((interpreter, changes, true), move |(interpreter, mut changes, first)| async move {
+            if !first {
+                changes.changed().await;
+            }
+            let doc = render(interpreter.bound_names());
+            Some((doc, (interpreter, changes, false)))
+        });
+        return Ok(stream_response(&api, "bound-names", Some("application/json"), documents));
+    }
+    Ok(document(Some("application/json"), format!("{}\n", render(api.interpreter.bound_names()))))
+}
+
+/// `GET /api/1/bound-names/<ns>`: the logical names currently bound in a namespace.
+pub(crate) async fn active_names(State(api): State<HttpApi>, UrlPath(ns): UrlPath<String>) -> Response {
+    let paths: Vec<String> = api.interpreter.active_paths(&ns).iter().map(ToString::to_string).collect();
+    document(Some("application/json"), format!("{}\n", json(&paths)))
+}
