@@ -183,7 +183,10 @@ mod tests {
         let (status, text) = get(&router, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(text.contains("demo_events_total 3"), "{text}");
-        assert_eq!(get(&router, "/ready").await, (StatusCode::SERVICE_UNAVAILABLE, "not ready: store not synced\n".into()));
+        assert_eq!(
+            get(&router, "/ready").await,
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready: store not synced\n".into())
+        );
         ready.store(true, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(get(&router, "/ready").await, (StatusCode::OK, "ready\n".into()));
         assert_eq!(get(&router, "/live").await, (StatusCode::OK, "live\n".into()));

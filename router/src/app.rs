@@ -16,6 +16,7 @@ use crate::admin::{self, Admin, LogControl};
 use crate::balance::BalanceSettings;
 use crate::client::ClientSettings;
 use crate::config::{ConfigError, RouterConfig};
+use crate::mesh::MeshClient;
 use crate::metrics::{DtabLabels, ListenerLabels, Metrics};
 use crate::naming::{InterpreterConfig, Naming};
 use crate::proxy::{ListenerProxy, Proxy, ProxySettings};
@@ -72,22 +73,32 @@ impl App {
     /// Builds a router from `config`, binding its listeners. Must run inside a tokio runtime.
     pub async fn build(config: RouterConfig) -> Result<App, AppError> {
         config.validate()?;
+        let metrics = Metrics::new();
         let naming = match &config.interpreter {
             InterpreterConfig::Standalone { dtab, namers } => {
                 let dtab: Dtab = dtab.parse().map_err(|e| AppError::Naming(format!("dtab: {e}")))?;
                 Naming::standalone(dtab, namers).await.map_err(AppError::Naming)?
             }
-            InterpreterConfig::Mesh { .. } => {
-                return Err(AppError::Naming("the namer client is not built yet".to_string()));
-            }
+            InterpreterConfig::Mesh { dst, namespace, retry_base_ms, retry_max_ms } => MeshClient::new(
+                dst,
+                namespace,
+                Duration::from_millis(*retry_base_ms),
+                Duration::from_millis(*retry_max_ms),
+                metrics.clone(),
+            )
+            .map_err(AppError::Naming)?
+            .naming(),
         };
-        App::with_naming(config, naming).await
+        App::assemble(config, naming, metrics).await
     }
 
     /// Builds a router that binds through `naming` instead of its configured interpreter.
     pub async fn with_naming(config: RouterConfig, naming: Naming) -> Result<App, AppError> {
+        App::assemble(config, naming, Metrics::new()).await
+    }
+
+    async fn assemble(config: RouterConfig, naming: Naming, metrics: Arc<Metrics>) -> Result<App, AppError> {
         config.validate()?;
-        let metrics = Metrics::new();
         let client = Arc::new(ClientSettings::new(&config.client));
         let balance = Arc::new(BalanceSettings::new(&config.client.load_balancer, &config.client.failure_accrual));
         let routes = Routes::new(

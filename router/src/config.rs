@@ -240,6 +240,14 @@ service:
     }
 
     #[test]
+    fn the_example_file_loads() {
+        let config = RouterConfig::from_yaml(include_str!("../examples/router.yaml")).unwrap();
+        assert_eq!(config.listeners.len(), 2);
+        assert!(config.listeners[0].is_trusted() && !config.listeners[1].is_trusted());
+        assert_eq!(config.service.retries.budget.percent_can_retry, 0.2);
+    }
+
+    #[test]
     fn linkerd_kind_names_are_accepted() {
         let yaml = r#"
 identifier:

@@ -15,6 +15,7 @@ mod config;
 mod context;
 mod errors;
 mod identify;
+mod mesh;
 mod metrics;
 mod naming;
 mod proxy;
