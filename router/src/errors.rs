@@ -56,6 +56,8 @@ pub(crate) struct Explanation {
     /// True when the request was never (or never fully) handled by a destination, or is
     /// idempotent and replayable: safe for a client or an earlier router to send again.
     pub(crate) retryable: bool,
+    /// A gRPC call: the answer must be a gRPC status, which gRPC clients can read.
+    pub(crate) grpc: bool,
 }
 
 /// The most bytes of message put in `l5d-err` (Linkerd 1's `maxHeadersKB` default).
@@ -79,6 +81,21 @@ impl RouterError {
             | RouterError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }
+
+    /// The gRPC status code for this failure, for gRPC calls.
+    fn grpc_code(&self) -> u8 {
+        const INVALID_ARGUMENT: u8 = 3;
+        const DEADLINE_EXCEEDED: u8 = 4;
+        const RESOURCE_EXHAUSTED: u8 = 8;
+        const UNAVAILABLE: u8 = 14;
+        match self {
+            RouterError::Unidentified(_) => INVALID_ARGUMENT,
+            RouterError::BadOverride(OverrideError::TooLarge { .. }) => RESOURCE_EXHAUSTED,
+            RouterError::BadOverride(_) => INVALID_ARGUMENT,
+            RouterError::TotalTimeout { .. } | RouterError::AttemptTimeout { .. } => DEADLINE_EXCEEDED,
+            _ => UNAVAILABLE,
+        }
+    }
 }
 
 /// The response for `error`. `base` is the namespace's dtab as last known; `trusted` says
@@ -87,6 +104,9 @@ pub(crate) fn respond(error: &RouterError, why: &Explanation, base: &Dtab, trust
     let status = error.status();
     let message = error.to_string();
     tracing::debug!(%status, error = %message, "router error");
+    if why.grpc {
+        return grpc_status(error, status, &message, why, trusted);
+    }
     let mut response = Response::builder().status(status);
     let body = if trusted {
         if let Ok(value) = HeaderValue::from_str(&form_encode(&message, MAX_ERR_HEADER_BYTES)) {
@@ -103,6 +123,47 @@ pub(crate) fn respond(error: &RouterError, why: &Explanation, base: &Dtab, trust
         .header(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))
         .body(ResponseBody::full(body))
         .unwrap_or_else(|_| Response::new(ResponseBody::empty()))
+}
+
+/// A trailers-only gRPC response: HTTP 200 with `grpc-status` and `grpc-message` in the
+/// headers, as gRPC servers answer calls that fail before any message.
+fn grpc_status(
+    error: &RouterError,
+    status: StatusCode,
+    message: &str,
+    why: &Explanation,
+    trusted: bool,
+) -> Response<ResponseBody> {
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
+        .header("grpc-status", HeaderValue::from(u16::from(error.grpc_code())));
+    let shown = if trusted { message } else { status.canonical_reason().unwrap_or("error") };
+    if let Ok(value) = HeaderValue::from_str(&grpc_percent_encode(shown)) {
+        response = response.header("grpc-message", value);
+    }
+    if trusted {
+        if let Ok(value) = HeaderValue::from_str(&form_encode(message, MAX_ERR_HEADER_BYTES)) {
+            response = response.header(L5D_ERR, value);
+        }
+        if why.retryable {
+            response = response.header(L5D_RETRYABLE, HeaderValue::from_static("true"));
+        }
+    }
+    response.body(ResponseBody::empty()).unwrap_or_else(|_| Response::new(ResponseBody::empty()))
+}
+
+/// `grpc-message` encoding: printable ASCII except `%` as is, everything else `%XX`.
+fn grpc_percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for &b in message.as_bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 fn explain(error: &RouterError, message: &str, why: &Explanation, base: &Dtab) -> String {

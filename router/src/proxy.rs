@@ -94,6 +94,7 @@ impl ListenerProxy {
         started: Instant,
         why: &mut Explanation,
     ) -> Result<Response<ResponseBody>, RouterError> {
+        why.grpc = is_grpc(req.headers());
         // An edge strips every l5d-* header: clients outside the mesh may not steer routing.
         if !self.trusted && has_l5d(req.headers()) {
             strip_l5d(req.headers_mut());
