@@ -107,10 +107,17 @@ fn router(args: RouterArgs) -> anyhow::Result<()> {
         }
         None => waymark_router::RouterConfig::default(),
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = config.worker_threads {
-        runtime.worker_threads(threads);
-    }
+    // One worker: a current-thread runtime does the same work without cross-thread
+    // scheduling (no work stealing, no wake-ups through other threads).
+    let mut runtime = match config.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = runtime.enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let app = waymark_router::App::build(config).await?.with_log_control(Arc::new(log));
