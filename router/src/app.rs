@@ -21,11 +21,12 @@ use crate::metrics::{DtabLabels, ListenerLabels, Metrics};
 use crate::naming::{InterpreterConfig, Naming};
 use crate::proxy::{ListenerProxy, Proxy, ProxySettings};
 use crate::routes::Routes;
-use crate::server::{self, ListenerMetrics};
+use crate::server::{self, ListenerMetrics, TlsError};
+use tokio_rustls::TlsAcceptor;
 
 /// A router, built and bound, ready to run.
 pub struct App {
-    listeners: Vec<(TcpListener, Arc<ListenerProxy>, ListenerMetrics)>,
+    listeners: Vec<(TcpListener, Option<TlsAcceptor>, Arc<ListenerProxy>, ListenerMetrics)>,
     listener_addrs: Vec<SocketAddr>,
     admin_listener: TcpListener,
     admin_addr: SocketAddr,
@@ -45,6 +46,15 @@ pub enum AppError {
     /// The binding source could not be set up.
     #[error("could not set up naming: {0}")]
     Naming(String),
+    /// A listener's TLS could not be set up.
+    #[error("listener {listener}: {source}")]
+    Tls {
+        /// The listener's name.
+        listener: String,
+        /// Why.
+        #[source]
+        source: TlsError,
+    },
     /// A listener could not be bound.
     #[error("could not listen on {addr}: {source}")]
     Bind {
@@ -114,7 +124,7 @@ impl App {
             binding_timeout: Duration::from_millis(config.binding_timeout_ms),
             total_timeout: config.service.total_timeout_ms.map(Duration::from_millis),
             attempt_timeout: config.client.request_attempt_timeout_ms.map(Duration::from_millis),
-            classifier: config.service.response_classifier.clone(),
+            classifier: Arc::new(config.service.response_classifier.clone()),
             max_override_bytes: config.max_override_bytes,
             max_retries: config.service.retries.max_per_request,
         };
@@ -123,6 +133,12 @@ impl App {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut listener_addrs = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
+            let tls = match &listener.tls {
+                Some(tls) => {
+                    Some(tls.acceptor().map_err(|source| AppError::Tls { listener: listener.name.clone(), source })?)
+                }
+                None => None,
+            };
             let socket = bind(listener.addr()).await?;
             listener_addrs
                 .push(socket.local_addr().map_err(|source| AppError::Bind { addr: listener.addr(), source })?);
@@ -138,7 +154,7 @@ impl App {
                 identifiers: identifiers.iter().map(|i| i.build(&prefix)).collect(),
                 trusted: listener.is_trusted(),
             });
-            listeners.push((socket, view, listener_metrics));
+            listeners.push((socket, tls, view, listener_metrics));
         }
         let admin_listener = bind(config.admin.addr()).await?;
         let admin_addr =
@@ -182,9 +198,9 @@ impl App {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (drained_tx, mut drained) = mpsc::channel::<()>(1);
         let mut accept_loops: Vec<JoinHandle<()>> = Vec::new();
-        for ((socket, view, listener_metrics), addr) in self.listeners.into_iter().zip(&self.listener_addrs) {
-            tracing::info!(%addr, trusted = view.trusted, "listening");
-            let serve = server::serve(socket, view, drained_tx.clone(), stop_rx.clone(), listener_metrics);
+        for ((socket, tls, view, listener_metrics), addr) in self.listeners.into_iter().zip(&self.listener_addrs) {
+            tracing::info!(%addr, trusted = view.trusted, tls = tls.is_some(), "listening");
+            let serve = server::serve(socket, tls, view, drained_tx.clone(), stop_rx.clone(), listener_metrics);
             accept_loops.push(tokio::spawn(serve.instrument(tracing::info_span!("listener", %addr))));
         }
         tracing::info!(addr = %self.admin_addr, "admin listening");

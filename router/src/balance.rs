@@ -26,9 +26,6 @@ pub enum LoadBalancerConfig {
         /// How quickly the latency estimate forgets a slow response.
         #[serde(default = "default_decay_time_ms")]
         decay_time_ms: u64,
-        /// The latency assumed for an endpoint that has not answered yet.
-        #[serde(default = "default_rtt_ms")]
-        default_rtt_ms: u64,
     },
 }
 
@@ -59,7 +56,6 @@ pub enum FailureAccrualConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct BalanceSettings {
     decay: Duration,
-    default_rtt_ns: f64,
     accrual: Option<Accrual>,
 }
 
@@ -97,14 +93,14 @@ struct Health {
 #[derive(Debug)]
 pub(crate) struct InFlight(Arc<Endpoint>);
 
+/// The cost of a busy endpoint whose latency is not known yet: as if it took 1000 s.
+const UNKNOWN_PENALTY_NS: f64 = 1e12;
+
 /// The most random draws a pick makes while looking for endpoints that are in service.
 const MAX_EFFORT: usize = 5;
 
 fn default_decay_time_ms() -> u64 {
     10_000
-}
-fn default_rtt_ms() -> u64 {
-    30
 }
 fn default_failures() -> u32 {
     5
@@ -118,7 +114,7 @@ fn default_max_backoff_ms() -> u64 {
 
 impl Default for LoadBalancerConfig {
     fn default() -> Self {
-        LoadBalancerConfig::P2cPeakEwma { decay_time_ms: default_decay_time_ms(), default_rtt_ms: default_rtt_ms() }
+        LoadBalancerConfig::P2cPeakEwma { decay_time_ms: default_decay_time_ms() }
     }
 }
 
@@ -158,7 +154,7 @@ impl FailureAccrualConfig {
 
 impl BalanceSettings {
     pub(crate) fn new(lb: &LoadBalancerConfig, accrual: &FailureAccrualConfig) -> Self {
-        let LoadBalancerConfig::P2cPeakEwma { decay_time_ms, default_rtt_ms } = lb;
+        let LoadBalancerConfig::P2cPeakEwma { decay_time_ms } = lb;
         let accrual = match accrual {
             FailureAccrualConfig::ConsecutiveFailures { failures, min_backoff_ms, max_backoff_ms } => Some(Accrual {
                 failures: *failures,
@@ -167,11 +163,7 @@ impl BalanceSettings {
             }),
             FailureAccrualConfig::None => None,
         };
-        BalanceSettings {
-            decay: Duration::from_millis(*decay_time_ms),
-            default_rtt_ns: *default_rtt_ms as f64 * 1e6,
-            accrual,
-        }
+        BalanceSettings { decay: Duration::from_millis(*decay_time_ms), accrual }
     }
 }
 
@@ -210,11 +202,18 @@ impl Endpoint {
     }
 
     /// The balancer's cost of sending one more request here: latency times load, per weight.
+    /// As in Finagle, an endpoint that has not answered yet costs nothing while idle, so that
+    /// new endpoints are tried at once, and a penalty while its first request is out, so that
+    /// they are not flooded before their latency is known.
     fn cost(&self) -> f64 {
         let rtt = self.health().rtt_ns;
-        let rtt = if rtt == 0.0 { self.settings.default_rtt_ns } else { rtt };
-        let load = (self.in_flight.load(Ordering::Relaxed) + 1) as f64;
-        rtt * load / self.weight.max(f64::MIN_POSITIVE)
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let cost = match (rtt == 0.0, in_flight) {
+            (true, 0) => 0.0,
+            (true, _) => UNKNOWN_PENALTY_NS,
+            (false, n) => rtt * (n + 1) as f64,
+        };
+        cost / self.weight.max(f64::MIN_POSITIVE)
     }
 
     /// Records the time a response took to arrive: a slower sample replaces the estimate at

@@ -6,11 +6,17 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::balance::InFlight;
+use crate::metrics::{ClientMetrics, ServiceMetrics};
+use crate::retry::{Class, ClassifierConfig};
 
 /// A request body on its way to an endpoint.
 #[derive(Debug)]
@@ -28,6 +34,35 @@ pub struct ResponseBody {
     /// Counts the response as in flight on its endpoint until the body ends or is dropped,
     /// which is what the load balancer's load estimate needs for streaming calls.
     in_flight: Option<InFlight>,
+    /// A gRPC call whose status comes in the trailers: counted when they arrive.
+    grpc: Option<Box<GrpcOutcome>>,
+}
+
+/// Metrics of a gRPC call waiting for its `grpc-status` trailer.
+#[derive(Debug)]
+pub(crate) struct GrpcOutcome {
+    classifier: Arc<ClassifierConfig>,
+    client: Arc<ClientMetrics>,
+    client_latency: Duration,
+    service: Option<(Arc<ServiceMetrics>, Duration)>,
+}
+
+impl GrpcOutcome {
+    pub(crate) fn new(classifier: Arc<ClassifierConfig>, client: Arc<ClientMetrics>, latency: Duration) -> Self {
+        GrpcOutcome { classifier, client, client_latency: latency, service: None }
+    }
+
+    /// Records the call: by its trailers, or as a failure when it ended without any.
+    fn finish(self, trailers: Option<&HeaderMap>) {
+        let class = match trailers {
+            Some(trailers) => self.classifier.classify_trailers(trailers),
+            None => Class::Failure { retryable: false },
+        };
+        self.client.record(StatusCode::OK, class, self.client_latency);
+        if let Some((service, latency)) = &self.service {
+            service.record(StatusCode::OK, class, *latency);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -66,18 +101,39 @@ impl ResponseBody {
     /// A body of `bytes`, made by the router itself.
     pub(crate) fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
-        ResponseBody { kind: ResponseKind::Full((!bytes.is_empty()).then_some(bytes)), in_flight: None }
+        ResponseBody { kind: ResponseKind::Full((!bytes.is_empty()).then_some(bytes)), in_flight: None, grpc: None }
     }
 
     /// An empty body.
     pub(crate) fn empty() -> Self {
-        ResponseBody { kind: ResponseKind::Full(None), in_flight: None }
+        ResponseBody { kind: ResponseKind::Full(None), in_flight: None, grpc: None }
     }
 
     /// An endpoint's response body, holding `in_flight` until it ends.
-    pub(crate) fn upstream(body: Incoming, in_flight: InFlight) -> Self {
+    pub(crate) fn upstream(body: Incoming, in_flight: InFlight, grpc: Option<GrpcOutcome>) -> Self {
         let in_flight = (!body.is_end_stream()).then_some(in_flight);
-        ResponseBody { kind: ResponseKind::Upstream(body), in_flight }
+        ResponseBody { kind: ResponseKind::Upstream(body), in_flight, grpc: grpc.map(Box::new) }
+    }
+
+    /// True when the call's outcome is only known from its trailers.
+    pub(crate) fn awaits_trailers(&self) -> bool {
+        self.grpc.is_some()
+    }
+
+    /// Counts the call for its logical name too, once its trailers arrive.
+    pub(crate) fn record_service_on_trailers(&mut self, service: Arc<ServiceMetrics>, latency: Duration) {
+        if let Some(grpc) = &mut self.grpc {
+            grpc.service = Some((service, latency));
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // A call abandoned before its trailers did not succeed.
+        if let Some(grpc) = self.grpc.take() {
+            grpc.finish(None);
+        }
     }
 }
 
@@ -91,8 +147,21 @@ impl Body for ResponseBody {
             ResponseKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseKind::Upstream(body) => {
                 let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(None | Some(Err(_))) = &polled {
-                    this.in_flight = None;
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(trailers) = frame.trailers_ref() {
+                            if let Some(grpc) = this.grpc.take() {
+                                grpc.finish(Some(trailers));
+                            }
+                        }
+                    }
+                    Poll::Ready(None | Some(Err(_))) => {
+                        this.in_flight = None;
+                        if let Some(grpc) = this.grpc.take() {
+                            grpc.finish(None);
+                        }
+                    }
+                    Poll::Pending => {}
                 }
                 polled
             }

@@ -248,6 +248,12 @@ service:
     }
 
     #[test]
+    fn the_benchmark_file_loads() {
+        let config = RouterConfig::from_yaml(include_str!("../examples/bench.yaml")).unwrap();
+        assert_eq!(config.worker_threads, Some(1));
+    }
+
+    #[test]
     fn linkerd_kind_names_are_accepted() {
         let yaml = r#"
 identifier:

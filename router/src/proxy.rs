@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use waymark_dtab::Dtab;
 
 use crate::balance::Endpoint;
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{GrpcOutcome, RequestBody, ResponseBody};
 use crate::client::UpstreamProtocol;
 use crate::context::{
     L5D_CTX_DTAB, L5D_DST_CLIENT, L5D_DST_RESIDUAL, L5D_DST_SERVICE, L5D_REQID, L5D_RETRYABLE, has_l5d, strip_l5d,
@@ -35,7 +35,7 @@ pub(crate) struct ProxySettings {
     pub(crate) binding_timeout: Duration,
     pub(crate) total_timeout: Option<Duration>,
     pub(crate) attempt_timeout: Option<Duration>,
-    pub(crate) classifier: ClassifierConfig,
+    pub(crate) classifier: Arc<ClassifierConfig>,
     pub(crate) max_override_bytes: usize,
     pub(crate) max_retries: u32,
 }
@@ -126,11 +126,16 @@ impl ListenerProxy {
         route.budget.deposit();
 
         // balance + client, with retries and timeouts.
-        let result = self.proxy.forward(&route, req, started, why).await;
+        let mut result = self.proxy.forward(&route, req, started, why).await;
         let latency = started.elapsed();
-        match &result {
+        match &mut result {
+            Ok(response) if response.body().awaits_trailers() => {
+                response.body_mut().record_service_on_trailers(route.metrics.clone(), latency);
+            }
             Ok(response) => {
-                let class = classify(&self.proxy.settings.classifier, response.status(), response.headers());
+                // The method only matters for retry decisions, which are made per attempt.
+                let (status, headers) = (response.status(), response.headers());
+                let class = classify(&self.proxy.settings.classifier, &Method::GET, why.grpc, status, headers);
                 route.metrics.record(response.status(), class, latency);
             }
             Err(error) => route.metrics.record(error.status(), Class::Failure { retryable: false }, latency),
@@ -139,9 +144,19 @@ impl ListenerProxy {
     }
 }
 
-fn classify(classifier: &ClassifierConfig, status: StatusCode, headers: &HeaderMap) -> Class {
-    // The method only matters for retry decisions, which are made per attempt.
-    classifier.classify(&Method::GET, status, headers)
+/// How a response counts: a gRPC call by its `grpc-status` when the headers carry one (a
+/// trailers-only answer), anything else by the configured classifier.
+fn classify(
+    classifier: &ClassifierConfig,
+    method: &Method,
+    grpc: bool,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Class {
+    if grpc && status == StatusCode::OK && crate::retry::grpc_status(headers).is_some() {
+        return classifier.classify_trailers(headers);
+    }
+    classifier.classify(method, status, headers)
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
@@ -362,12 +377,19 @@ impl Proxy {
                 Some(Ok(mut response)) => {
                     let latency = attempt_started.elapsed();
                     endpoint.observe_rtt(latency);
-                    let mut class = self.settings.classifier.classify(&method, response.status(), response.headers());
+                    let mut class =
+                        classify(&self.settings.classifier, &method, grpc, response.status(), response.headers());
                     // An earlier router says its failure is safe to send again.
                     if response.headers().get(L5D_RETRYABLE).is_some_and(|v| v == "true") && class != Class::Success {
                         class = Class::Failure { retryable: true };
                     }
-                    client_metrics.record(response.status(), class, latency);
+                    // A gRPC call's status usually comes in its trailers: counted then.
+                    let awaits_trailers = grpc
+                        && response.status() == StatusCode::OK
+                        && crate::retry::grpc_status(response.headers()).is_none();
+                    if !awaits_trailers {
+                        client_metrics.record(response.status(), class, latency);
+                    }
                     match class {
                         Class::Success => endpoint.record_success(),
                         Class::Failure { .. } => endpoint.record_failure(),
@@ -386,7 +408,9 @@ impl Proxy {
                         }
                         return Ok(response.map(|_| ResponseBody::empty()));
                     }
-                    return Ok(response.map(|b| ResponseBody::upstream(b, in_flight)));
+                    let outcome = awaits_trailers
+                        .then(|| GrpcOutcome::new(self.settings.classifier.clone(), client_metrics.clone(), latency));
+                    return Ok(response.map(|b| ResponseBody::upstream(b, in_flight, outcome)));
                 }
                 Some(Err(e)) => {
                     endpoint.record_failure();

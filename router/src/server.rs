@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::identify::IdentifierConfig;
@@ -44,6 +45,62 @@ pub struct ListenerConfig {
     /// The name prefix for this listener, instead of the router's `dst_prefix`.
     #[serde(default)]
     pub dst_prefix: Option<String>,
+    /// Serve TLS; HTTP/2 is then offered through ALPN (`h2`), next to HTTP/1.1.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+/// A listener's certificate (Linkerd 1's server `tls`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// The certificate chain, PEM, leaf first.
+    pub cert_path: std::path::PathBuf,
+    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: std::path::PathBuf,
+}
+
+/// A listener's TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or holds no usable PEM item.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// rustls refused the certificate and key.
+    #[error("the certificate and key do not work together: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl ListenerTlsConfig {
+    /// A TLS acceptor offering `h2` and `http/1.1` through ALPN.
+    pub(crate) fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let file_error = |path: &std::path::Path, e: &dyn std::fmt::Display| TlsError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let certs = CertificateDer::pem_file_iter(&self.cert_path)
+            .map_err(|e| file_error(&self.cert_path, &e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| file_error(&self.cert_path, &e))?;
+        if certs.is_empty() {
+            return Err(file_error(&self.cert_path, &"no certificate found"));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key_path).map_err(|e| file_error(&self.key_path, &e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
 }
 
 fn default_name() -> String {
@@ -65,6 +122,7 @@ impl Default for ListenerConfig {
             trusted: None,
             identifier: None,
             dst_prefix: None,
+            tls: None,
         }
     }
 }
@@ -133,6 +191,7 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 /// all of them.
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     proxy: Arc<ListenerProxy>,
     drained: mpsc::Sender<()>,
     shutdown: watch::Receiver<bool>,
@@ -158,28 +217,47 @@ pub(crate) async fn serve(
         metrics.open.inc();
         let (proxy, builder, open) = (proxy.clone(), builder.clone(), metrics.open.clone());
         let (drained, mut shutdown) = (drained.clone(), shutdown.clone());
+        let tls = tls.clone();
         tokio::spawn(
             async move {
-                // Boxed: hyper keeps room for the service future in every connection, idle
-                // or not; a box costs one allocation per request instead of ~3 KiB per
-                // connection.
-                let service = service_fn(move |req| -> BoxFuture<'static, _> { Box::pin(proxy.clone().serve(req)) });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                let result = tokio::select! {
-                    result = conn.as_mut() => result,
-                    _ = stopped(&mut shutdown) => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                match tls {
+                    None => serve_connection(stream, &builder, proxy, &mut shutdown).await,
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(stream) => serve_connection(stream, &builder, proxy, &mut shutdown).await,
+                        Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    },
                 }
                 open.dec();
                 drop(drained);
             }
             .instrument(tracing::debug_span!("conn", %peer)),
         );
+    }
+}
+
+/// Serves HTTP on one connection until it closes, or, after `shutdown` turns true, until the
+/// requests in flight are answered.
+async fn serve_connection<S>(
+    stream: S,
+    builder: &auto::Builder<TokioExecutor>,
+    proxy: Arc<ListenerProxy>,
+    shutdown: &mut watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // Boxed: hyper keeps room for the service future in every connection, idle or not; a
+    // box costs one allocation per request instead of ~3 KiB per connection.
+    let service = service_fn(move |req| -> BoxFuture<'static, _> { Box::pin(proxy.clone().serve(req)) });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stopped(shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }

@@ -48,6 +48,15 @@ async fn unary_and_streaming_calls_and_their_statuses_pass_through() {
     let missing = health.check(HealthCheckRequest { service: "nope".into() }).await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
     assert!(missing.metadata().get("l5d-err").is_none(), "the error is the service's, not the router's");
+    // Metrics classify calls by the grpc-status trailer: one success, one failure so far.
+    let (_, metrics) = admin_get(router.admin, "/metrics").await;
+    let line = |class: &str| {
+        format!(
+            r#"router_service_responses_total{{service="/svc/grpc.health.v1.Health",status_class="2xx",classification="{class}"}}"#
+        )
+    };
+    assert_eq!(metric(&metrics, &line("success")), Some(1.0), "{metrics}");
+    assert_eq!(metric(&metrics, &line("failure")), Some(1.0), "{metrics}");
 
     // A server stream: the first state, then a change pushed while the call is open.
     let mut watch = health.watch(HealthCheckRequest { service: "echo".into() }).await.unwrap().into_inner();

@@ -199,6 +199,9 @@ async fn alternatives_fall_through_negative_names_and_empty_address_sets() {
 async fn failure_accrual_takes_a_failing_endpoint_out() {
     let (good, bad) = (upstream("good").await, upstream("bad").await);
     bad.fail_with.store(500, Ordering::SeqCst);
+    // Failing fast makes the bad endpoint look like the better one to the balancer, the
+    // case failure accrual exists for.
+    good.delay_ms.store(5, Ordering::SeqCst);
     let resolver = TestResolver::new("/svc/web => /$/inet/pool/80");
     let both = Addr::bound([good.addr, bad.addr]);
     // /$/inet/pool/80 is a host name: the test resolver knows it only as we say.
@@ -422,4 +425,27 @@ async fn standalone_mode_routes_and_delegates_with_its_own_dtab() {
     assert_eq!(tree["type"], "alt", "{tree}");
     assert!(tree.to_string().contains(&web.id()), "{tree}");
     task.abort();
+}
+
+#[tokio::test]
+async fn an_upstream_routers_retryable_failure_is_retried_by_the_router_before_it() {
+    // Nothing listens here: connections are refused, which is always safe to retry.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let second = router(
+        config("service:\n  retries:\n    max_per_request: 1\n"),
+        TestResolver::new(&format!("/svc/web => /$/inet/127.0.0.1/{}", dead.port())),
+    )
+    .await;
+    let first = router(
+        config("service:\n  retries:\n    max_per_request: 2\n"),
+        TestResolver::new(&format!("/svc/web => /$/inet/127.0.0.1/{}", second.addr().port())),
+    )
+    .await;
+    let got = get(&h1(), first.addr(), "web", &[]).await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(got.headers.get("l5d-retryable").map(|v| v.to_str().unwrap()), Some("true"));
+    assert!(got.text().contains("connection to"), "{}", got.text());
+    // The default classifier never retries a 502 by itself: l5d-retryable made the difference.
+    let (_, metrics) = admin_get(first.admin, "/metrics").await;
+    assert_eq!(metric(&metrics, r#"router_service_retries_total{service="/svc/web"}"#), Some(2.0), "{metrics}");
 }

@@ -126,6 +126,8 @@ pub struct Upstream {
     pub hits: Arc<AtomicUsize>,
     /// When not zero, every response has this status.
     pub fail_with: Arc<AtomicU16>,
+    /// When not zero, every response waits this long (milliseconds).
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -150,20 +152,21 @@ pub async fn upstream(name: &str) -> Upstream {
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let fail_with = Arc::new(AtomicU16::new(0));
-    let (n, h, f) = (name.to_string(), hits.clone(), fail_with.clone());
+    let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (n, h, f, d) = (name.to_string(), hits.clone(), fail_with.clone(), delay_ms.clone());
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let (n, h, f) = (n.clone(), h.clone(), f.clone());
+            let (n, h, f, d) = (n.clone(), h.clone(), f.clone(), d.clone());
             tokio::spawn(async move {
-                let svc = service_fn(move |req| handle(req, n.clone(), h.clone(), f.clone()));
+                let svc = service_fn(move |req| handle(req, n.clone(), h.clone(), f.clone(), d.clone()));
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await;
             });
         }
     });
-    Upstream { addr, name: name.to_string(), hits, fail_with, task }
+    Upstream { addr, name: name.to_string(), hits, fail_with, delay_ms, task }
 }
 
 async fn handle(
@@ -171,8 +174,13 @@ async fn handle(
     name: String,
     hits: Arc<AtomicUsize>,
     fail_with: Arc<AtomicU16>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     hits.fetch_add(1, Ordering::SeqCst);
+    let delay = delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     if let Some(ms) = req.headers().get("x-delay-ms").and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
