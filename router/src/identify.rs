@@ -11,11 +11,12 @@ use waymark_dtab::{Label, Path};
 
 /// How a request is turned into a logical name. Every kind prepends the router's
 /// `dst_prefix` (default `/svc`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum IdentifierConfig {
     /// `<prefix>/<host>`: the `Host` header (or HTTP/2 `:authority`) with any port removed.
     /// The default.
+    #[default]
     Host,
     /// `<prefix>/<value>`: a header's value, verbatim, as one label (Linkerd's
     /// `io.l5d.header.token`; with `header: host` it keeps the port, as Linkerd does).
@@ -93,20 +94,14 @@ fn one() -> usize {
     1
 }
 
-impl Default for IdentifierConfig {
-    fn default() -> Self {
-        IdentifierConfig::Host
-    }
-}
-
 impl IdentifierConfig {
     /// Problems with this identifier's settings, each prefixed with `at`.
     pub(crate) fn problems(&self, at: &str, out: &mut Vec<String>) {
         match self {
-            IdentifierConfig::HeaderToken { header } | IdentifierConfig::HeaderPath { header } => {
-                if HeaderName::from_bytes(header.as_bytes()).is_err() {
-                    out.push(format!("{at}.header: {header:?} is not a valid header name"));
-                }
+            IdentifierConfig::HeaderToken { header } | IdentifierConfig::HeaderPath { header }
+                if HeaderName::from_bytes(header.as_bytes()).is_err() =>
+            {
+                out.push(format!("{at}.header: {header:?} is not a valid header name"));
             }
             IdentifierConfig::Path { segments, .. } if *segments == 0 => {
                 out.push(format!("{at}.segments: must be at least 1"));

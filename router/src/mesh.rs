@@ -42,11 +42,14 @@ struct Inner {
     channel: Channel,
     namespace: String,
     backoff: Backoff,
-    binds: Mutex<HashMap<(Path, Dtab), Weak<watch::Sender<BindState>>>>,
-    replicas: Mutex<HashMap<Path, Weak<watch::Sender<Addr>>>>,
+    binds: Shared<(Path, Dtab), BindState>,
+    replicas: Shared<Path, Addr>,
     status: watch::Sender<NamerStatus>,
     metrics: Arc<Metrics>,
 }
+
+/// Streams shared by key: the map holds each stream's sender weakly.
+type Shared<K, T> = Mutex<HashMap<K, Weak<watch::Sender<T>>>>;
 
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
@@ -147,12 +150,7 @@ impl Inner {
 
 /// Shares one stream per key: the map holds the sender weakly, the stream task strongly, and
 /// the task ends once every receiver is gone.
-fn shared<K, T, F, Fut>(
-    map: &Mutex<HashMap<K, Weak<watch::Sender<T>>>>,
-    key: K,
-    initial: T,
-    start: F,
-) -> watch::Receiver<T>
+fn shared<K, T, F, Fut>(map: &Shared<K, T>, key: K, initial: T, start: F) -> watch::Receiver<T>
 where
     K: Eq + Hash + Clone,
     F: FnOnce(Arc<watch::Sender<T>>) -> Fut,

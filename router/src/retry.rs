@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 /// Policy for requests by logical name (Linkerd 1's `service` section).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// The most time a request may take to get response headers, retries included
@@ -129,16 +129,6 @@ fn default_max_per_request() -> u32 {
 }
 fn default_grpc_retryable() -> Vec<u32> {
     vec![14]
-}
-
-impl Default for ServiceConfig {
-    fn default() -> Self {
-        ServiceConfig {
-            total_timeout_ms: None,
-            retries: RetriesConfig::default(),
-            response_classifier: ClassifierConfig::default(),
-        }
-    }
 }
 
 impl Default for RetriesConfig {

@@ -130,7 +130,7 @@ pub(crate) enum Choice<'t> {
 
 /// The binding table and what it needs to make new bindings.
 pub(crate) struct Routes {
-    shards: Box<[RwLock<HashMap<RouteKey, Arc<Route>>>]>,
+    shards: Box<[Shard]>,
     hasher: std::collections::hash_map::RandomState,
     concretes: Mutex<HashMap<Path, Weak<Concrete>>>,
     resolver: Arc<dyn Resolver>,
@@ -143,6 +143,9 @@ pub(crate) struct Routes {
     epoch: Instant,
     live: AtomicUsize,
 }
+
+/// One lock's share of the binding table.
+type Shard = RwLock<HashMap<RouteKey, Arc<Route>>>;
 
 const SHARDS: usize = 16;
 
@@ -226,7 +229,7 @@ impl Routes {
         Instant::now().saturating_duration_since(self.epoch).as_secs()
     }
 
-    fn shard(&self, key: &RouteKey) -> &RwLock<HashMap<RouteKey, Arc<Route>>> {
+    fn shard(&self, key: &RouteKey) -> &Shard {
         let h = self.hasher.hash_one(key) as usize;
         &self.shards[h % SHARDS]
     }
