@@ -227,6 +227,38 @@ fn upstream_uri(parts: &http::request::Parts, fallback: &Endpoint) -> Uri {
     Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("http://invalid/"))
 }
 
+/// What one look at a route's binding found.
+enum Look {
+    Ready(Destination),
+    Failed(RouterError),
+    /// Something is pending; with the address set to watch when it is one.
+    Wait(Option<watch::Receiver<Arc<Endpoints>>>),
+}
+
+/// Chooses a destination in the binding `state` of `route`, without waiting.
+fn look(route: &Route, state: Arc<RouteState>, why: &mut Explanation) -> Look {
+    let name = &route.key.name;
+    let look = match &*state {
+        RouteState::Pending => Look::Wait(None),
+        RouteState::Failed(cause) => Look::Failed(RouterError::BindFailed { name: name.clone(), why: cause.clone() }),
+        RouteState::Bound { tree, .. } => match tree.choose() {
+            Choice::Endpoint { leaf, endpoint } => {
+                Look::Ready(Destination { concrete: leaf.concrete.clone(), residual: leaf.residual.clone(), endpoint })
+            }
+            Choice::Pending(concrete) => {
+                let mut rx = concrete.endpoints.clone();
+                rx.borrow_and_update();
+                Look::Wait(Some(rx))
+            }
+            Choice::Neg => Look::Failed(RouterError::Neg { name: name.clone() }),
+            Choice::Fail => Look::Failed(RouterError::Fail { name: name.clone() }),
+            Choice::NoEndpoints(detail) => Look::Failed(RouterError::NoEndpoints { name: name.clone(), detail }),
+        },
+    };
+    why.state = Some(state);
+    look
+}
+
 /// Waits for a watch to change; a watch whose sender is gone never changes again.
 async fn changed<T>(rx: &mut watch::Receiver<T>) {
     if rx.changed().await.is_err() {
@@ -243,62 +275,43 @@ impl Proxy {
         binding_deadline: Instant,
         why: &mut Explanation,
     ) -> Result<Destination, RouterError> {
-        let name = &route.key.name;
-        let mut route_rx: Option<watch::Receiver<Arc<RouteState>>> = None;
+        // The fast path never waits; the waiting path is boxed so that its state does not
+        // weigh on every request's future.
+        let state = route.state.borrow().clone();
+        match look(route, state, why) {
+            Look::Ready(destination) => Ok(destination),
+            Look::Failed(error) => Err(error),
+            Look::Wait(_) => Box::pin(self.wait_and_choose(route, binding_deadline, why)).await,
+        }
+    }
+
+    async fn wait_and_choose(
+        &self,
+        route: &Route,
+        binding_deadline: Instant,
+        why: &mut Explanation,
+    ) -> Result<Destination, RouterError> {
+        // A receiver of our own, to wait on.
+        let mut route_rx = route.state.clone();
         loop {
-            // The fast path reads the shared receiver; waiting needs a receiver of our own.
-            let state = match &mut route_rx {
-                None => route.state.borrow().clone(),
-                Some(rx) => rx.borrow_and_update().clone(),
+            let state = route_rx.borrow_and_update().clone();
+            let mut endpoints_rx = match look(route, state, why) {
+                Look::Ready(destination) => return Ok(destination),
+                Look::Failed(error) => return Err(error),
+                Look::Wait(endpoints_rx) => endpoints_rx,
             };
-            why.state = Some(state.clone());
-            let mut endpoints_rx: Option<watch::Receiver<Arc<Endpoints>>> = None;
-            match &*state {
-                RouteState::Pending => {}
-                RouteState::Failed(cause) => {
-                    return Err(RouterError::BindFailed { name: name.clone(), why: cause.clone() });
-                }
-                RouteState::Bound { tree, .. } => match tree.choose() {
-                    Choice::Endpoint { leaf, endpoint } => {
-                        return Ok(Destination {
-                            concrete: leaf.concrete.clone(),
-                            residual: leaf.residual.clone(),
-                            endpoint,
-                        });
-                    }
-                    Choice::Pending(concrete) => {
-                        let mut rx = concrete.endpoints.clone();
-                        rx.borrow_and_update();
-                        endpoints_rx = Some(rx);
-                    }
-                    Choice::Neg => return Err(RouterError::Neg { name: name.clone() }),
-                    Choice::Fail => return Err(RouterError::Fail { name: name.clone() }),
-                    Choice::NoEndpoints(detail) => {
-                        return Err(RouterError::NoEndpoints { name: name.clone(), detail });
-                    }
-                },
-            }
-            let rx = route_rx.get_or_insert_with(|| {
-                let mut rx = route.state.clone();
-                rx.borrow_and_update();
-                rx
-            });
-            // Something changed between the read above and now: look again.
-            if !Arc::ptr_eq(&*rx.borrow(), &state) {
-                continue;
-            }
             let wait = async {
                 match &mut endpoints_rx {
                     Some(erx) => tokio::select! {
                         _ = changed(erx) => {}
-                        _ = changed(rx) => {}
+                        _ = changed(&mut route_rx) => {}
                     },
-                    None => changed(rx).await,
+                    None => changed(&mut route_rx).await,
                 }
             };
             if tokio::time::timeout_at(binding_deadline, wait).await.is_err() {
                 let timeout_ms = self.settings.binding_timeout.as_millis() as u64;
-                return Err(RouterError::BindingTimeout { name: name.clone(), timeout_ms });
+                return Err(RouterError::BindingTimeout { name: route.key.name.clone(), timeout_ms });
             }
         }
     }
@@ -369,7 +382,8 @@ impl Proxy {
             let attempt_started = Instant::now();
             let sent = endpoint.client.get(http2).request(request);
             let outcome = match deadlines.attempt_deadline() {
-                Some(deadline) => tokio::time::timeout_at(deadline, sent).await.ok(),
+                // Boxed: only requests with a deadline carry a timer.
+                Some(deadline) => Box::pin(tokio::time::timeout_at(deadline, sent)).await.ok(),
                 None => Some(sent.await),
             };
             let attempt = || format!("{} at {}", dst.concrete.id, endpoint.addr);
