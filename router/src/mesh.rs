@@ -45,6 +45,8 @@ struct Inner {
     binds: Shared<(Path, Dtab), BindState>,
     replicas: Shared<Path, Addr>,
     status: watch::Sender<NamerStatus>,
+    /// Set once the router has said that the namer was never reached.
+    warned_unreached: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -110,6 +112,7 @@ impl MeshClient {
                 binds: Mutex::default(),
                 replicas: Mutex::default(),
                 status,
+                warned_unreached: Default::default(),
                 metrics,
             }),
         })
@@ -141,9 +144,15 @@ impl Inner {
     }
 
     fn lost(&self, error: &tonic::Status) {
-        let was = self.status.send_if_modified(|s| std::mem::replace(&mut s.reachable, false));
+        let mut never_reached = false;
+        let was = self.status.send_if_modified(|s| {
+            never_reached = !s.ever_reached;
+            std::mem::replace(&mut s.reachable, false)
+        });
         if was {
             tracing::warn!(error = %error.message(), code = ?error.code(), "namer unreachable; serving the last known state");
+        } else if never_reached && !self.warned_unreached.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(error = %error.message(), code = ?error.code(), "namer not reachable yet; retrying");
         }
     }
 }
