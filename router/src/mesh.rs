@@ -177,15 +177,32 @@ where
     rx
 }
 
+/// True for failures of the namer or the way to it, as opposed to an answer about the
+/// request (a malformed name, say).
+fn is_unreachable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+    )
+}
+
 /// Runs a server stream until nobody watches `tx`: `open` opens the stream, `apply` turns each
-/// message into a state. Failures back off and open again, keeping the last state.
-async fn follow<T, M, O, OFut, A>(inner: Weak<Inner>, kind: StreamKind, tx: Arc<watch::Sender<T>>, open: O, apply: A)
-where
+/// message into a state. Failures back off and open again; while the namer is unreachable the
+/// last state stays, and an error about the request itself becomes the state `refused` makes.
+async fn follow<T, M, O, OFut, A, R>(
+    inner: Weak<Inner>,
+    kind: StreamKind,
+    tx: Arc<watch::Sender<T>>,
+    open: O,
+    apply: A,
+    refused: R,
+) where
     T: PartialEq + Send + Sync + 'static,
     M: Send + 'static,
     O: Fn(Arc<Inner>) -> OFut,
     OFut: Future<Output = Result<tonic::Streaming<M>, tonic::Status>>,
     A: Fn(&M) -> Option<T>,
+    R: Fn(&tonic::Status) -> Option<T>,
 {
     let mut failures: u32 = 0;
     loop {
@@ -227,7 +244,11 @@ where
             }
             Err(status) => status,
         };
-        client.lost(&error);
+        if is_unreachable(&error) {
+            client.lost(&error);
+        } else if let Some(state) = refused(&error) {
+            tx.send_replace(state);
+        }
         client.metrics.namer_reconnects.inc();
         let delay = backoff.delay(failures);
         failures = failures.saturating_add(1);
@@ -270,6 +291,8 @@ async fn follow_dtab(inner: Weak<Inner>) {
             async move { grpc.stream_dtab(req).await.map(tonic::Response::into_inner) }
         },
         |rsp: &mesh::DtabRsp| VersionedDtab::try_from(rsp).ok().map(Some),
+        // An unknown namespace binds like an empty dtab: keep reporting what was last seen.
+        |_| None,
     )
     .await;
     updates.abort();
@@ -300,6 +323,9 @@ impl Resolver for MeshClient {
                     Ok(tree) => Some(BindState::Bound(Arc::new(tree))),
                     Err(e) => Some(BindState::Failed(format!("the namer sent a malformed tree: {e}").into())),
                 },
+                |status: &tonic::Status| {
+                    Some(BindState::Failed(format!("the namer refused: {}", status.message()).into()))
+                },
             )
             .instrument(span)
         })
@@ -322,6 +348,9 @@ impl Resolver for MeshClient {
                 },
                 |rsp: &mesh::Replicas| {
                     Some(Addr::try_from(rsp).unwrap_or_else(|e| Addr::Failed { cause: e.to_string() }))
+                },
+                |status: &tonic::Status| {
+                    Some(Addr::Failed { cause: format!("the namer refused: {}", status.message()) })
                 },
             )
             .instrument(span)

@@ -99,6 +99,9 @@ impl Interpreter for Namer {
         req: Request<mesh::BindReq>,
     ) -> Result<Response<Self::StreamBoundTreeStream>, Status> {
         let req = BindRequest::try_from(req.get_ref())?;
+        if req.name.to_string().contains("refused") {
+            return Err(Status::invalid_argument("this namer does not bind that"));
+        }
         Ok(Response::new(changes(self.dtab.clone(), self.dying.clone(), move |(_, dtab)| {
             bound_tree(&dtab.concat(&req.dtab), &req.name)
         })))
@@ -243,6 +246,13 @@ async fn routes_through_the_namer_and_survives_its_loss_and_return() {
     let (_, metrics) = admin_get(admin, "/metrics").await;
     assert_eq!(metric(&metrics, r#"router_dtab_version{namespace="default",version="1"}"#), Some(1.0), "{metrics}");
     assert!(metric(&metrics, r#"router_namer_streams{kind="bound_tree"}"#).unwrap() >= 1.0);
+
+    // A refusal about one name fails that name at once, and the namer is still reachable.
+    let refused = get(&client, addr, "refused", &[]).await;
+    assert_eq!(refused.status, StatusCode::BAD_GATEWAY, "{}", refused.text());
+    assert!(refused.text().contains("the namer refused: this namer does not bind that"), "{}", refused.text());
+    let (_, metrics) = admin_get(admin, "/metrics").await;
+    assert_eq!(metric(&metrics, "router_namer_connected "), Some(1.0));
 
     // A dtab change reaches the router without a restart.
     namer.set_dtab(&format!("/svc/web => {}", v2.id()));
