@@ -153,6 +153,7 @@ impl App {
                 proxy: proxy.clone(),
                 identifiers: identifiers.iter().map(|i| i.build(&prefix)).collect(),
                 trusted: listener.is_trusted(),
+                empty_dtab: Dtab::empty(),
             });
             listeners.push((socket, tls, view, listener_metrics));
         }

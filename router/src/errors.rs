@@ -45,11 +45,11 @@ pub(crate) enum RouterError {
     AttemptTimeout { addr: SocketAddr, timeout_ms: u64 },
 }
 
-/// What the router knew about a request when it failed, for the error body.
+/// What the router learnt about a request while routing it, for the error body. The logical
+/// name and the override come from the binding (or the caller, when routing failed before
+/// there was one): this is carried by every request in flight, so it stays small.
 #[derive(Debug, Default)]
 pub(crate) struct Explanation {
-    pub(crate) name: Option<Path>,
-    pub(crate) local: Option<Dtab>,
     pub(crate) state: Option<Arc<RouteState>>,
     /// One line per failed attempt; empty (and unallocated) on the happy path.
     pub(crate) attempts: Vec<String>,
@@ -100,7 +100,13 @@ impl RouterError {
 
 /// The response for `error`. `base` is the namespace's dtab as last known; `trusted` says
 /// whether the listener may show details.
-pub(crate) fn respond(error: &RouterError, why: &Explanation, base: &Dtab, trusted: bool) -> Response<ResponseBody> {
+pub(crate) fn respond(
+    error: &RouterError,
+    why: &Explanation,
+    name: Option<(&Path, &Dtab)>,
+    base: &Dtab,
+    trusted: bool,
+) -> Response<ResponseBody> {
     let status = error.status();
     let message = error.to_string();
     tracing::debug!(%status, error = %message, "router error");
@@ -115,7 +121,7 @@ pub(crate) fn respond(error: &RouterError, why: &Explanation, base: &Dtab, trust
         if why.retryable {
             response = response.header(L5D_RETRYABLE, HeaderValue::from_static("true"));
         }
-        explain(error, &message, why, base)
+        explain(error, &message, why, name, base)
     } else {
         format!("{}\n", status.canonical_reason().unwrap_or("error"))
     };
@@ -166,7 +172,7 @@ fn grpc_percent_encode(message: &str) -> String {
     out
 }
 
-fn explain(error: &RouterError, message: &str, why: &Explanation, base: &Dtab) -> String {
+fn explain(error: &RouterError, message: &str, why: &Explanation, name: Option<(&Path, &Dtab)>, base: &Dtab) -> String {
     let mut out = String::with_capacity(256);
     let _ = writeln!(out, "{message}");
     if let RouterError::BadOverride(e) = error {
@@ -174,11 +180,8 @@ fn explain(error: &RouterError, message: &str, why: &Explanation, base: &Dtab) -
             let _ = writeln!(out, "{excerpt}");
         }
     }
-    if let Some(name) = &why.name {
+    if let Some((name, local)) = name {
         let _ = writeln!(out, "logical name: {name}");
-    }
-    if why.name.is_some() {
-        let local = why.local.clone().unwrap_or_default();
         let _ = writeln!(out, "base dtab: {base}");
         let _ = writeln!(out, "override (l5d-ctx-dtab ++ l5d-dtab): {local}");
     }

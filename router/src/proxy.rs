@@ -2,6 +2,9 @@
 //! the last three.
 
 use std::convert::Infallible;
+use std::future::Future;
+
+use futures::future::Either;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +15,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use waymark_dtab::Dtab;
+use waymark_dtab::{Dtab, Path};
 
 use crate::balance::Endpoint;
 use crate::body::{GrpcOutcome, RequestBody, ResponseBody};
@@ -54,6 +57,7 @@ pub(crate) struct ListenerProxy {
     pub(crate) proxy: Arc<Proxy>,
     pub(crate) identifiers: Vec<Identifier>,
     pub(crate) trusted: bool,
+    pub(crate) empty_dtab: Dtab,
 }
 
 /// A chosen destination for one attempt.
@@ -74,26 +78,57 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 
 impl ListenerProxy {
     /// Serves one request. Never fails: errors become responses here.
-    pub(crate) async fn serve(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    ///
+    /// Everything up to the first wait (identify, the dtab context, bind) runs here, before
+    /// the returned future exists, so that the future only holds what the waiting part needs:
+    /// hyper keeps one per request in flight.
+    pub(crate) fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
         let started = Instant::now();
         let mut why = Explanation::default();
-        let mut response = match self.route(req, started, &mut why).await {
+        let mut outbound = match self.route(req, &mut why) {
+            Ok(outbound) => outbound,
+            Err(failed) => {
+                let (error, name) = *failed;
+                let name = name.as_ref().map(|n| (n, &self.empty_dtab));
+                return Either::Left(std::future::ready(Ok(self.finish(Err(error), &why, name))));
+            }
+        };
+        Either::Right(async move {
+            // balance + client, with retries and timeouts.
+            let mut result = self.proxy.forward(&mut outbound, started, &mut why).await;
+            self.proxy.record(&outbound.route, &mut result, started.elapsed(), why.grpc);
+            let key = &outbound.route.key;
+            Ok(self.finish(result, &why, Some((&key.name, &key.local))))
+        })
+    }
+
+    /// The response: errors become responses here, and an edge shows no `l5d-*` header.
+    fn finish(
+        &self,
+        result: Result<Response<ResponseBody>, RouterError>,
+        why: &Explanation,
+        name: Option<(&Path, &Dtab)>,
+    ) -> Response<ResponseBody> {
+        let mut response = match result {
             Ok(response) => response,
-            Err(error) => respond(&error, &why, &self.proxy.naming.base_dtab(), self.trusted),
+            Err(error) => respond(&error, why, name, &self.proxy.naming.base_dtab(), self.trusted),
         };
         if !self.trusted && has_l5d(response.headers()) {
             strip_l5d(response.headers_mut());
         }
-        Ok(response)
+        response
     }
 
-    /// The pipeline, top to bottom.
-    async fn route(
+    /// The pipeline up to the binding: identify, dtab context, bind.
+    /// A failure names the logical name when identification got that far.
+    fn route(
         &self,
         mut req: Request<Incoming>,
-        started: Instant,
         why: &mut Explanation,
-    ) -> Result<Response<ResponseBody>, RouterError> {
+    ) -> Result<Outbound, Box<(RouterError, Option<Path>)>> {
         why.grpc = is_grpc(req.headers());
         // An edge strips every l5d-* header: clients outside the mesh may not steer routing.
         if !self.trusted && has_l5d(req.headers()) {
@@ -108,40 +143,38 @@ impl ListenerProxy {
                 }
                 name
             }
-            Identified::Unidentified(reason) => return Err(RouterError::Unidentified(reason)),
+            Identified::Unidentified(reason) => return Err(Box::new((RouterError::Unidentified(reason), None))),
         };
-        why.name = Some(name.clone());
 
         // dtab context: l5d-ctx-dtab ++ l5d-dtab, appended to the namespace's dtab.
         let local = if self.trusted {
-            take_override(req.headers_mut(), self.proxy.settings.max_override_bytes)?
+            match take_override(req.headers_mut(), self.proxy.settings.max_override_bytes) {
+                Ok(local) => local,
+                Err(e) => return Err(Box::new((e.into(), Some(name)))),
+            }
         } else {
             Dtab::empty()
         };
-        why.local = Some(local.clone());
 
         // bind: the (name, override) binding, shared by every request that needs it.
         let route = self.proxy.routes.get(RouteKey { name, local });
         route.metrics.requests.inc();
         route.budget.deposit();
-
-        // balance + client, with retries and timeouts.
-        let mut result = self.proxy.forward(&route, req, started, why).await;
-        let latency = started.elapsed();
-        match &mut result {
-            Ok(response) if response.body().awaits_trailers() => {
-                response.body_mut().record_service_on_trailers(route.metrics.clone(), latency);
-            }
-            Ok(response) => {
-                // The method only matters for retry decisions, which are made per attempt.
-                let (status, headers) = (response.status(), response.headers());
-                let class = classify(&self.proxy.settings.classifier, &Method::GET, why.grpc, status, headers);
-                route.metrics.record(response.status(), class, latency);
-            }
-            Err(error) => route.metrics.record(error.status(), Class::Failure { retryable: false }, latency),
-        }
-        result
+        Ok(self.proxy.outbound(route, req, why.grpc))
     }
+}
+
+/// A request on its way to an endpoint: its binding and the parts every attempt sends.
+struct Outbound {
+    route: Arc<Route>,
+    parts: http::request::Parts,
+    /// The streamed body, until an attempt takes it; `None` for a request without one.
+    body: Option<RequestBody>,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    grpc: bool,
+    http2: bool,
+    /// No body: the request can be sent again.
+    replayable: bool,
 }
 
 /// How a response counts: a gRPC call by its `grpc-status` when the headers carry one (a
@@ -316,14 +349,9 @@ impl Proxy {
         }
     }
 
-    /// Sends the request to an endpoint, retrying while it is safe and the budget allows.
-    async fn forward(
-        &self,
-        route: &Arc<Route>,
-        req: Request<Incoming>,
-        started: Instant,
-        why: &mut Explanation,
-    ) -> Result<Response<ResponseBody>, RouterError> {
+    /// The request as every attempt sends it: hop-by-hop headers gone, the context for the
+    /// next hop added, the upstream protocol chosen.
+    fn outbound(&self, route: Arc<Route>, req: Request<Incoming>, grpc: bool) -> Outbound {
         let upgrade = is_upgrade(&req);
         let (mut parts, body) = req.into_parts();
         let on_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
@@ -340,7 +368,6 @@ impl Proxy {
             headers.insert(L5D_REQID, request_id());
         }
 
-        let grpc = is_grpc(&parts.headers);
         let http2 = !upgrade
             && match self.settings.protocol {
                 UpstreamProtocol::Auto => parts.version == Version::HTTP_2 || grpc,
@@ -350,49 +377,92 @@ impl Proxy {
         parts.version = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
         // Only a request without a body can be sent again: bodies are streamed, not kept.
         let replayable = body.is_end_stream();
-        let mut body = if replayable { None } else { Some(RequestBody::Streaming(body)) };
+        let body = if replayable { None } else { Some(RequestBody::Streaming(body)) };
+        Outbound { route, parts, body, on_upgrade, grpc, http2, replayable }
+    }
+
+    /// Records a request's outcome for its logical name. gRPC calls whose status comes in
+    /// trailers are recorded when the trailers pass.
+    fn record(
+        &self,
+        route: &Route,
+        result: &mut Result<Response<ResponseBody>, RouterError>,
+        latency: Duration,
+        grpc: bool,
+    ) {
+        match result {
+            Ok(response) if response.body().awaits_trailers() => {
+                response.body_mut().record_service_on_trailers(route.metrics.clone(), latency);
+            }
+            Ok(response) => {
+                // The method only matters for retry decisions, which are made per attempt.
+                let (status, headers) = (response.status(), response.headers());
+                let class = classify(&self.settings.classifier, &Method::GET, grpc, status, headers);
+                route.metrics.record(status, class, latency);
+            }
+            Err(error) => route.metrics.record(error.status(), Class::Failure { retryable: false }, latency),
+        }
+    }
+
+    /// Sends the request to an endpoint, retrying while it is safe and the budget allows.
+    async fn forward(
+        &self,
+        out: &mut Outbound,
+        started: Instant,
+        why: &mut Explanation,
+    ) -> Result<Response<ResponseBody>, RouterError> {
+        let route = &out.route;
+        let (replayable, grpc, http2) = (out.replayable, out.grpc, out.http2);
         why.retryable = false;
-        let method = parts.method.clone();
-        let idempotent = is_idempotent(&method);
-        let deadlines = Deadlines {
+        let idempotent = is_idempotent(&out.parts.method);
+        // Recomputed where needed rather than kept: every byte kept here is kept per request.
+        let deadlines = || Deadlines {
             total: self.settings.total_timeout.map(|t| started + t),
             per_try: self.settings.attempt_timeout,
         };
-        let binding_deadline = started + self.settings.binding_timeout;
         let mut retries = 0u32;
 
         loop {
-            let dst = self.choose(route, binding_deadline, why).await?;
-            let endpoint = dst.endpoint;
+            let Destination { concrete, residual, endpoint } =
+                self.choose(route, started + self.settings.binding_timeout, why).await?;
             // A retry takes a copy; the last (or only) attempt takes the original.
             let may_retry = replayable && retries < self.settings.max_retries;
-            let mut attempt_parts =
-                if may_retry { parts.clone() } else { std::mem::replace(&mut parts, empty_parts()) };
+            let mut attempt_parts = if may_retry {
+                out.parts.clone()
+            } else {
+                let rest = parts_of(&out.parts.method);
+                std::mem::replace(&mut out.parts, rest)
+            };
             attempt_parts.uri = upstream_uri(&attempt_parts, &endpoint);
-            attempt_parts.headers.insert(L5D_DST_CLIENT, dst.concrete.dst_client.clone());
-            if let Some(residual) = &dst.residual {
+            attempt_parts.headers.insert(L5D_DST_CLIENT, concrete.dst_client.clone());
+            if let Some(residual) = residual {
                 attempt_parts.headers.insert(L5D_DST_RESIDUAL, residual.clone());
             }
-            let attempt_body = body.take().unwrap_or(RequestBody::Empty);
+            let attempt_body = out.body.take().unwrap_or(RequestBody::Empty);
             let request = Request::from_parts(attempt_parts, attempt_body);
 
             let in_flight = endpoint.start();
-            let client_metrics = &dst.concrete.metrics;
+            let client_metrics = &concrete.metrics;
             client_metrics.requests.inc();
             let attempt_started = Instant::now();
             let sent = endpoint.client.get(http2).request(request);
-            let outcome = match deadlines.attempt_deadline() {
+            let outcome = match deadlines().attempt_deadline() {
                 // Boxed: only requests with a deadline carry a timer.
                 Some(deadline) => Box::pin(tokio::time::timeout_at(deadline, sent)).await.ok(),
                 None => Some(sent.await),
             };
-            let attempt = || format!("{} at {}", dst.concrete.id, endpoint.addr);
+            let attempt = || format!("{} at {}", concrete.id, endpoint.addr);
             let (error, safe) = match outcome {
                 Some(Ok(mut response)) => {
                     let latency = attempt_started.elapsed();
                     endpoint.observe_rtt(latency);
-                    let mut class =
-                        classify(&self.settings.classifier, &method, grpc, response.status(), response.headers());
+                    let mut class = classify(
+                        &self.settings.classifier,
+                        &out.parts.method,
+                        grpc,
+                        response.status(),
+                        response.headers(),
+                    );
                     // An earlier router says its failure is safe to send again.
                     if response.headers().get(L5D_RETRYABLE).is_some_and(|v| v == "true") && class != Class::Success {
                         class = Class::Failure { retryable: true };
@@ -408,7 +478,9 @@ impl Proxy {
                         Class::Success => endpoint.record_success(),
                         Class::Failure { .. } => endpoint.record_failure(),
                     }
-                    if class == (Class::Failure { retryable: true }) && may_retry && self.allow_retry(route, &deadlines)
+                    if class == (Class::Failure { retryable: true })
+                        && may_retry
+                        && self.allow_retry(route, &deadlines())
                     {
                         why.attempts.push(format!("{}: {}", attempt(), response.status()));
                         retries += 1;
@@ -417,7 +489,7 @@ impl Proxy {
                     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                     strip_hop_by_hop(response.headers_mut(), switching);
                     if switching {
-                        if let Some(downstream) = on_upgrade {
+                        if let Some(downstream) = out.on_upgrade.take() {
                             splice_upgrade(downstream, hyper::upgrade::on(&mut response));
                         }
                         return Ok(response.map(|_| ResponseBody::empty()));
@@ -454,7 +526,7 @@ impl Proxy {
                         attempt_started.elapsed(),
                     );
                     why.attempts.push(format!("{}: timed out", attempt()));
-                    if deadlines.total.is_some_and(|t| Instant::now() >= t) {
+                    if deadlines().total.is_some_and(|t| Instant::now() >= t) {
                         let timeout_ms = self.settings.total_timeout.map_or(0, |t| t.as_millis() as u64);
                         why.retryable = replayable && idempotent;
                         return Err(RouterError::TotalTimeout { name: route.key.name.clone(), timeout_ms });
@@ -464,7 +536,7 @@ impl Proxy {
                 }
             };
             drop(in_flight);
-            if safe && may_retry && self.allow_retry(route, &deadlines) {
+            if safe && may_retry && self.allow_retry(route, &deadlines()) {
                 retries += 1;
                 continue;
             }
@@ -488,8 +560,11 @@ impl Proxy {
     }
 }
 
-fn empty_parts() -> http::request::Parts {
-    Request::new(()).into_parts().0
+/// Empty request parts but for the method, which classifying the response still needs.
+fn parts_of(method: &Method) -> http::request::Parts {
+    let mut parts = Request::new(()).into_parts().0;
+    parts.method = method.clone();
+    parts
 }
 
 /// Joins the client's and the endpoint's upgraded connections (WebSocket and the like) and
