@@ -1,9 +1,11 @@
 //! `waymark`: the namer, the router and the tools, in one binary. This file only parses the
 //! command line and dispatches; each subcommand lives in its crate.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// A dtab-routed service mesh.
 #[derive(Debug, Parser)]
@@ -21,11 +23,32 @@ enum Command {
     Dtab(waymark_cli::DtabArgs),
     /// Explain how a path resolves through a dtab, offline or through the namer.
     Delegate(waymark_cli::DelegateArgs),
+    /// Run the router: the HTTP/1.1, HTTP/2 and gRPC proxy.
+    Router(RouterArgs),
     /// Start a namer, a router and sample services on this machine, and show what to try.
     Demo(DemoArgs),
     /// A sample service for the demo and the end-to-end tests.
     #[command(hide = true)]
     DemoService(DemoServiceArgs),
+}
+
+#[derive(Debug, Args)]
+struct RouterArgs {
+    /// The YAML configuration; without it, the documented defaults.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Plain, env = "WAYMARK_LOG_FORMAT")]
+    log_format: LogFormatArg,
+    /// Initial log filter (changeable at run time on the admin port, `/logging`).
+    #[arg(long, default_value = "info", env = "WAYMARK_LOG")]
+    log: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Plain,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +106,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Namer(args) => run_namer(args),
+        Command::Router(args) => run_router(args),
         Command::Dtab(args) => waymark_cli::run_dtab(args),
         Command::Delegate(args) => waymark_cli::run_delegate(args),
         Command::Demo(args) => run_demo(args),
@@ -128,6 +152,50 @@ fn run_namer(args: ServerArgs) -> Result<(), waymark_cli::Failure> {
         let app = waymark_namer::NamerApp::build(config, Some(log)).await.map_err(fail)?;
         app.run(shutdown_signal()).await;
         Ok(())
+    })
+}
+
+/// The admin crate's log control, as the router's admin port drives it.
+struct RouterLog(waymark_admin::LogControl);
+
+impl waymark_router::LogControl for RouterLog {
+    fn current(&self) -> String {
+        self.0.current()
+    }
+
+    fn set(&self, filter: &str) -> Result<(), String> {
+        self.0.set(filter)
+    }
+}
+
+fn run_router(args: RouterArgs) -> Result<(), waymark_cli::Failure> {
+    let format = match args.log_format {
+        LogFormatArg::Plain => waymark_admin::LogFormat::Plain,
+        LogFormatArg::Json => waymark_admin::LogFormat::Json,
+    };
+    let log = waymark_admin::init_logging(&args.log, format).map_err(fail)?;
+    let config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
+            waymark_router::RouterConfig::from_yaml(&text).map_err(|e| fail(format!("{}: {e}", path.display())))?
+        }
+        None => waymark_router::RouterConfig::default(),
+    };
+    // One worker: a current-thread runtime does the same work without cross-thread
+    // scheduling (no work stealing, no wake-ups through other threads).
+    let mut runtime = match config.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = runtime.enable_all().build().map_err(fail)?;
+    runtime.block_on(async move {
+        let app = waymark_router::App::build(config).await.map_err(fail)?.with_log_control(Arc::new(RouterLog(log)));
+        app.run(shutdown_signal()).await.map_err(fail)
     })
 }
 

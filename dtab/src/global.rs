@@ -81,7 +81,9 @@ pub fn lookup(path: &Path) -> Lookup {
                 };
             }
             // Finagle falls through to loading a class named `inet` here; say what is wrong.
-            Lookup::Failed(format!("invalid path {path}: expected /$/{kind_text}/<host>/<port> or /$/{kind_text}/<port>"))
+            Lookup::Failed(format!(
+                "invalid path {path}: expected /$/{kind_text}/<host>/<port> or /$/{kind_text}/<port>"
+            ))
         }
         "fail" => Lookup::Found(NameTree::Fail),
         "nil" => Lookup::Found(NameTree::Empty),
@@ -305,7 +307,10 @@ mod tests {
         assert_eq!(shown(lookup(&p("/$/inet/1234/foobar"))), "bound /$/inet/1234 /foobar");
         assert_eq!(shown(lookup(&p("/$/inet/08080"))), "bound /$/inet/08080 /");
         assert!(shown(lookup(&p("/$/inet/host/99999"))).starts_with("failed: port out of range"));
-        assert_eq!(shown(lookup(&p("/$/inet"))), "failed: invalid path /$/inet: expected /$/inet/<host>/<port> or /$/inet/<port>");
+        assert_eq!(
+            shown(lookup(&p("/$/inet"))),
+            "failed: invalid path /$/inet: expected /$/inet/<host>/<port> or /$/inet/<port>"
+        );
         assert!(shown(lookup(&p("/$/inet/127.1/api"))).starts_with("failed: invalid path /$/inet/127.1/api"));
         assert_eq!(shown(lookup(&p("/$/io.buoyant.rinet/80/web/x"))), "bound /$/io.buoyant.rinet/80/web /x");
         assert_eq!(shown(lookup(&p("/\\x24/nil/x"))), "$");

@@ -1,0 +1,248 @@
+//! The admin port: metrics, readiness, liveness, delegation and the log level.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use waymark_dtab::{Dtab, Path};
+
+use crate::metrics::Metrics;
+use crate::naming::Naming;
+use crate::routes::Routes;
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The address to listen on.
+    #[serde(default = "default_ip")]
+    pub ip: IpAddr,
+    /// The port (0 picks a free one).
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+/// Reads and changes the process's log filter at run time; the binary provides it.
+pub trait LogControl: Send + Sync + 'static {
+    /// The current filter, such as `info,waymark_router=debug`.
+    fn current(&self) -> String;
+    /// Replaces the filter.
+    fn set(&self, filter: &str) -> Result<(), String>;
+}
+
+/// What the admin endpoints read.
+pub(crate) struct Admin {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) naming: Naming,
+    pub(crate) routes: Arc<Routes>,
+    pub(crate) log: Option<Arc<dyn LogControl>>,
+}
+
+#[derive(Deserialize)]
+struct DelegateRequest {
+    #[serde(default)]
+    dtab: String,
+    path: String,
+    #[serde(default, rename = "namespace")]
+    _namespace: Option<String>,
+}
+
+fn default_ip() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+fn default_port() -> u16 {
+    9990
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { ip: default_ip(), port: default_port() }
+    }
+}
+
+impl AdminConfig {
+    pub(crate) fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+}
+
+type AdminResponse = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+fn json(status: StatusCode, body: String) -> AdminResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX` a byte).
+fn form_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (form_decode(k) == key).then(|| form_decode(v))
+    })
+}
+
+impl Admin {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<AdminResponse, Infallible> {
+        let path = req.uri().path().to_string();
+        let response = match (req.method().clone(), path.as_str()) {
+            (Method::GET, "/metrics") => {
+                let mut response = text(StatusCode::OK, self.metrics.encode());
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                );
+                response
+            }
+            (Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+            (Method::GET, "/admin/ping") => text(StatusCode::OK, "pong"),
+            (Method::GET, "/ready") => self.ready(),
+            (Method::GET, "/delegator.json") => {
+                let query = req.uri().query().unwrap_or("");
+                let dtab = query_param(query, "dtab").unwrap_or_default();
+                match query_param(query, "path") {
+                    Some(path) => self.delegate(&path, &dtab).await,
+                    None => text(StatusCode::BAD_REQUEST, "the path parameter is required\n"),
+                }
+            }
+            (Method::POST, "/delegator.json") => match read_body(req).await {
+                Ok(body) => match serde_json::from_slice::<DelegateRequest>(&body) {
+                    Ok(r) => self.delegate(&r.path, &r.dtab).await,
+                    Err(e) => text(StatusCode::BAD_REQUEST, format!("invalid request: {e}\n")),
+                },
+                Err(response) => response,
+            },
+            (Method::GET, "/logging") => match &self.log {
+                Some(log) => text(StatusCode::OK, format!("{}\n", log.current())),
+                None => text(StatusCode::NOT_FOUND, "log control is not available\n"),
+            },
+            (Method::PUT | Method::POST, "/logging") => {
+                let Some(log) = self.log.clone() else {
+                    return Ok(text(StatusCode::NOT_FOUND, "log control is not available\n"));
+                };
+                match read_body(req).await {
+                    Ok(body) => match log.set(String::from_utf8_lossy(&body).trim()) {
+                        Ok(()) => text(StatusCode::OK, format!("{}\n", log.current())),
+                        Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                    },
+                    Err(response) => response,
+                }
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        };
+        Ok(response)
+    }
+
+    fn ready(&self) -> AdminResponse {
+        let status = self.naming.status.borrow().clone();
+        if !status.ever_reached {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: the namer has not answered yet\n");
+        }
+        let bindings = self.routes.len();
+        if status.reachable {
+            text(StatusCode::OK, format!("ready\nbindings: {bindings}\n"))
+        } else {
+            // Still ready: the router keeps serving its last known routes.
+            text(StatusCode::OK, format!("ready (namer unreachable: serving last known state)\nbindings: {bindings}\n"))
+        }
+    }
+
+    async fn delegate(&self, path: &str, dtab: &str) -> AdminResponse {
+        let path: Path = match path.parse() {
+            Ok(p) => p,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("Invalid path: {e}\n")),
+        };
+        let local: Dtab = match dtab.parse() {
+            Ok(d) => d,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("Invalid dtab: {e}\n")),
+        };
+        match self.naming.delegator.delegate(path, local).await {
+            Ok(tree) => json(StatusCode::OK, serde_json::to_string(&tree).unwrap_or_default()),
+            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        }
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminResponse> {
+    match Limited::new(req.into_body(), 1 << 20).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(text(StatusCode::BAD_REQUEST, format!("could not read the body: {e}\n"))),
+    }
+}
+
+/// Serves the admin endpoints until `shutdown` turns true.
+pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = crate::server::stopped(&mut shutdown) => return,
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| admin.clone().handle(req));
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_form_decoded() {
+        let q = "path=%2Fsvc%2Fweb&dtab=%2Fsvc+%3D%3E+%2F%24%2Finet%2F127.1%2F80";
+        assert_eq!(query_param(q, "path").unwrap(), "/svc/web");
+        assert_eq!(query_param(q, "dtab").unwrap(), "/svc => /$/inet/127.1/80");
+        assert_eq!(query_param(q, "none"), None);
+        assert_eq!(form_decode("100%"), "100%");
+    }
+}

@@ -1,0 +1,184 @@
+//! The body types the proxy moves: bodies stream frame by frame and are never collected.
+//!
+//! Enums rather than boxed trait objects, so that forwarding a request costs no allocation
+//! for its body.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::balance::InFlight;
+use crate::metrics::{ClientMetrics, ServiceMetrics};
+use crate::retry::{Class, ClassifierConfig};
+
+/// A request body on its way to an endpoint.
+#[derive(Debug)]
+pub(crate) enum RequestBody {
+    /// No body: also what a retried request without a body carries.
+    Empty,
+    /// The downstream request's body, streamed as it arrives.
+    Streaming(Incoming),
+}
+
+/// A response body on its way back to the client.
+#[derive(Debug)]
+pub struct ResponseBody {
+    kind: ResponseKind,
+    /// Counts the response as in flight on its endpoint until the body ends or is dropped,
+    /// which is what the load balancer's load estimate needs for streaming calls.
+    in_flight: Option<InFlight>,
+    /// A gRPC call whose status comes in the trailers: counted when they arrive.
+    grpc: Option<Box<GrpcOutcome>>,
+}
+
+/// Metrics of a gRPC call waiting for its `grpc-status` trailer.
+#[derive(Debug)]
+pub(crate) struct GrpcOutcome {
+    classifier: Arc<ClassifierConfig>,
+    client: Arc<ClientMetrics>,
+    client_latency: Duration,
+    service: Option<(Arc<ServiceMetrics>, Duration)>,
+}
+
+impl GrpcOutcome {
+    pub(crate) fn new(classifier: Arc<ClassifierConfig>, client: Arc<ClientMetrics>, latency: Duration) -> Self {
+        GrpcOutcome { classifier, client, client_latency: latency, service: None }
+    }
+
+    /// Records the call: by its trailers, or as a failure when it ended without any.
+    fn finish(self, trailers: Option<&HeaderMap>) {
+        let class = match trailers {
+            Some(trailers) => self.classifier.classify_trailers(trailers),
+            None => Class::Failure { retryable: false },
+        };
+        self.client.record(StatusCode::OK, class, self.client_latency);
+        if let Some((service, latency)) = &self.service {
+            service.record(StatusCode::OK, class, *latency);
+        }
+    }
+}
+
+#[derive(Debug)]
+enum ResponseKind {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Streaming(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Streaming(body) => body.size_hint(),
+        }
+    }
+}
+
+impl ResponseBody {
+    /// A body of `bytes`, made by the router itself.
+    pub(crate) fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        ResponseBody { kind: ResponseKind::Full((!bytes.is_empty()).then_some(bytes)), in_flight: None, grpc: None }
+    }
+
+    /// An empty body.
+    pub(crate) fn empty() -> Self {
+        ResponseBody { kind: ResponseKind::Full(None), in_flight: None, grpc: None }
+    }
+
+    /// An endpoint's response body, holding `in_flight` until it ends.
+    pub(crate) fn upstream(body: Incoming, in_flight: InFlight, grpc: Option<GrpcOutcome>) -> Self {
+        let in_flight = (!body.is_end_stream()).then_some(in_flight);
+        ResponseBody { kind: ResponseKind::Upstream(body), in_flight, grpc: grpc.map(Box::new) }
+    }
+
+    /// True when the call's outcome is only known from its trailers.
+    pub(crate) fn awaits_trailers(&self) -> bool {
+        self.grpc.is_some()
+    }
+
+    /// Counts the call for its logical name too, once its trailers arrive.
+    pub(crate) fn record_service_on_trailers(&mut self, service: Arc<ServiceMetrics>, latency: Duration) {
+        if let Some(grpc) = &mut self.grpc {
+            grpc.service = Some((service, latency));
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // A call abandoned before its trailers did not succeed.
+        if let Some(grpc) = self.grpc.take() {
+            grpc.finish(None);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match &mut this.kind {
+            ResponseKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseKind::Upstream(body) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(trailers) = frame.trailers_ref() {
+                            if let Some(grpc) = this.grpc.take() {
+                                grpc.finish(Some(trailers));
+                            }
+                        }
+                    }
+                    Poll::Ready(None | Some(Err(_))) => {
+                        this.in_flight = None;
+                        if let Some(grpc) = this.grpc.take() {
+                            grpc.finish(None);
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            ResponseKind::Full(bytes) => bytes.is_none(),
+            ResponseKind::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            ResponseKind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseKind::Upstream(body) => body.size_hint(),
+        }
+    }
+}

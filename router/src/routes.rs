@@ -1,0 +1,556 @@
+//! Bindings: for each (logical name, dtab override), the bound tree, kept current, with a
+//! balancer for each bound name in it.
+//!
+//! A request finds its binding with one hash-map lookup under a sharded read lock. The first
+//! request for a key subscribes to the resolver; later ones share that subscription. Bindings
+//! idle for longer than the configured time, or the least recently used beyond the configured
+//! count, are dropped, and with them their subscriptions; requests in flight keep what they
+//! hold.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use http::HeaderValue;
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use waymark_dtab::{Addr, BoundLeaf, Dtab, NameTree, Path};
+use waymark_interpreter::{BindState, Resolver};
+
+use crate::balance::{self, BalanceSettings, Endpoint};
+use crate::client::{ClientSettings, EndpointClient};
+use crate::context::ctx_dtab_value;
+use crate::metrics::{ClientMetrics, Metrics, ServiceMetrics};
+use crate::retry::{BudgetConfig, RetryBudget};
+use crate::rng;
+
+/// Limits on live bindings (Linkerd 1's `bindingCache`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingCacheConfig {
+    /// The most live bindings; beyond it the least recently used go. Every distinct
+    /// (logical name, dtab override) is one binding.
+    #[serde(default = "default_max_bindings")]
+    pub max_bindings: usize,
+    /// Bindings unused for this long go.
+    #[serde(default = "default_idle_ttl_secs")]
+    pub idle_ttl_secs: u64,
+}
+
+/// What identifies a binding.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct RouteKey {
+    pub(crate) name: Path,
+    pub(crate) local: Dtab,
+}
+
+/// One live binding.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub(crate) key: RouteKey,
+    pub(crate) state: watch::Receiver<Arc<RouteState>>,
+    pub(crate) metrics: Arc<ServiceMetrics>,
+    pub(crate) budget: RetryBudget,
+    /// `l5d-dst-service`, built once.
+    pub(crate) dst_service: HeaderValue,
+    /// `l5d-ctx-dtab` for the next hop, built once; `None` without an override.
+    pub(crate) ctx_dtab: Option<HeaderValue>,
+    last_used: AtomicU64,
+    task: Option<JoinHandle<()>>,
+}
+
+/// The current binding of a route.
+#[derive(Debug)]
+pub(crate) enum RouteState {
+    Pending,
+    Failed(Arc<str>),
+    Bound { tree: Tree, shown: String },
+}
+
+/// A bound tree whose leaves are balancers.
+#[derive(Debug)]
+pub(crate) enum Tree {
+    Leaf(Leaf),
+    Alt(Vec<Tree>),
+    Union(Vec<(f64, Tree)>),
+    Neg,
+    Fail,
+    Empty,
+}
+
+/// A bound name in a tree: its balancer and its residual path.
+#[derive(Debug)]
+pub(crate) struct Leaf {
+    pub(crate) concrete: Arc<Concrete>,
+    /// `l5d-dst-residual`, when the residual is not empty.
+    pub(crate) residual: Option<HeaderValue>,
+}
+
+/// A bound name's endpoints, shared by every route whose tree holds it.
+#[derive(Debug)]
+pub(crate) struct Concrete {
+    pub(crate) id: Path,
+    pub(crate) endpoints: watch::Receiver<Arc<Endpoints>>,
+    pub(crate) metrics: Arc<ClientMetrics>,
+    /// `l5d-dst-client`, built once.
+    pub(crate) dst_client: HeaderValue,
+    task: Option<JoinHandle<()>>,
+}
+
+/// A bound name's address set, as endpoints.
+#[derive(Debug)]
+pub(crate) enum Endpoints {
+    Pending,
+    Neg,
+    Failed(Arc<str>),
+    Bound(Vec<Arc<Endpoint>>),
+}
+
+/// The result of choosing a destination in a bound tree.
+#[derive(Debug)]
+pub(crate) enum Choice<'t> {
+    Endpoint {
+        leaf: &'t Leaf,
+        endpoint: Arc<Endpoint>,
+    },
+    /// Some bound name the choice depends on is not resolved yet.
+    Pending(&'t Concrete),
+    /// Negative: nothing here (an enclosing alternative falls through).
+    Neg,
+    /// The tree says to fail (`!`).
+    Fail,
+    /// Bound, but without endpoints (falls through too); the reason is for error messages.
+    NoEndpoints(String),
+}
+
+/// The binding table and what it needs to make new bindings.
+pub(crate) struct Routes {
+    shards: Box<[Shard]>,
+    hasher: std::collections::hash_map::RandomState,
+    concretes: Mutex<HashMap<Path, Weak<Concrete>>>,
+    resolver: Arc<dyn Resolver>,
+    metrics: Arc<Metrics>,
+    client: Arc<ClientSettings>,
+    balance: Arc<BalanceSettings>,
+    budget: BudgetConfig,
+    max_bindings: usize,
+    idle_ttl: Duration,
+    epoch: Instant,
+    live: AtomicUsize,
+}
+
+/// One lock's share of the binding table.
+type Shard = RwLock<HashMap<RouteKey, Arc<Route>>>;
+
+const SHARDS: usize = 16;
+
+fn default_max_bindings() -> usize {
+    1_000
+}
+fn default_idle_ttl_secs() -> u64 {
+    600
+}
+
+impl Default for BindingCacheConfig {
+    fn default() -> Self {
+        BindingCacheConfig { max_bindings: default_max_bindings(), idle_ttl_secs: default_idle_ttl_secs() }
+    }
+}
+
+impl BindingCacheConfig {
+    pub(crate) fn problems(&self, at: &str, out: &mut Vec<String>) {
+        if self.max_bindings == 0 {
+            out.push(format!("{at}.max_bindings: must be at least 1"));
+        }
+        if self.idle_ttl_secs == 0 {
+            out.push(format!("{at}.idle_ttl_secs: must be more than 0"));
+        }
+    }
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routes").field("live", &self.len()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Concrete {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+impl Routes {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        resolver: Arc<dyn Resolver>,
+        metrics: Arc<Metrics>,
+        client: Arc<ClientSettings>,
+        balance: Arc<BalanceSettings>,
+        budget: BudgetConfig,
+        cache: &BindingCacheConfig,
+    ) -> Arc<Self> {
+        Arc::new(Routes {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+            concretes: Mutex::new(HashMap::new()),
+            resolver,
+            metrics,
+            client,
+            balance,
+            budget,
+            max_bindings: cache.max_bindings,
+            idle_ttl: Duration::from_secs(cache.idle_ttl_secs),
+            epoch: Instant::now(),
+            live: AtomicUsize::new(0),
+        })
+    }
+
+    fn now_secs(&self) -> u64 {
+        Instant::now().saturating_duration_since(self.epoch).as_secs()
+    }
+
+    fn shard(&self, key: &RouteKey) -> &Shard {
+        let h = self.hasher.hash_one(key) as usize;
+        &self.shards[h % SHARDS]
+    }
+
+    /// The binding for `key`, made on first use.
+    pub(crate) fn get(self: &Arc<Self>, key: RouteKey) -> Arc<Route> {
+        let now = self.now_secs();
+        let shard = self.shard(&key);
+        if let Some(route) = shard.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            route.last_used.store(now, Ordering::Relaxed);
+            return route.clone();
+        }
+        // Made outside the lock: subscribing may take the resolver's own locks.
+        let made = self.make_route(key.clone(), now);
+        let (route, inserted) = {
+            let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
+            match map.get(&key) {
+                Some(existing) => (existing.clone(), false),
+                None => {
+                    map.insert(key, made.clone());
+                    (made, true)
+                }
+            }
+        };
+        if inserted {
+            let live = self.live.fetch_add(1, Ordering::Relaxed) + 1;
+            self.metrics.bindings.set(live as i64);
+            if live > self.max_bindings {
+                self.evict_least_recently_used();
+            }
+        }
+        route
+    }
+
+    fn make_route(self: &Arc<Self>, key: RouteKey, now: u64) -> Arc<Route> {
+        let name = key.name.to_string();
+        let mut bind = self.resolver.bind(&key.name, &key.local);
+        let initial = self.route_state(&bind.borrow_and_update());
+        let (tx, state) = watch::channel(Arc::new(initial));
+        let routes = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            while bind.changed().await.is_ok() {
+                let Some(routes) = routes.upgrade() else { return };
+                let next = routes.route_state(&bind.borrow_and_update());
+                drop(routes);
+                if tx.send(Arc::new(next)).is_err() {
+                    return;
+                }
+            }
+        });
+        Arc::new(Route {
+            metrics: self.metrics.service(&name),
+            budget: RetryBudget::new(&self.budget),
+            dst_service: header_value(&name),
+            ctx_dtab: ctx_dtab_value(&key.local),
+            key,
+            state,
+            last_used: AtomicU64::new(now),
+            task: Some(task),
+        })
+    }
+
+    fn route_state(&self, state: &BindState) -> RouteState {
+        match state {
+            BindState::Pending => RouteState::Pending,
+            BindState::Failed(why) => RouteState::Failed(why.clone()),
+            BindState::Bound(tree) => RouteState::Bound { tree: self.tree(tree), shown: tree.to_string() },
+        }
+    }
+
+    fn tree(&self, tree: &NameTree<BoundLeaf>) -> Tree {
+        match tree {
+            NameTree::Leaf(leaf) => {
+                let residual = leaf.name.residual();
+                Tree::Leaf(Leaf {
+                    concrete: self.concrete(leaf.name.id()),
+                    residual: (!residual.is_empty()).then(|| header_value(&residual.to_string())),
+                })
+            }
+            NameTree::Alt(trees) => Tree::Alt(trees.iter().map(|t| self.tree(t)).collect()),
+            NameTree::Union(branches) => {
+                Tree::Union(branches.iter().map(|w| (w.weight.get(), self.tree(&w.tree))).collect())
+            }
+            NameTree::Neg => Tree::Neg,
+            NameTree::Fail => Tree::Fail,
+            NameTree::Empty => Tree::Empty,
+        }
+    }
+
+    /// The balancer for bound id `id`, shared while any route holds it.
+    fn concrete(&self, id: &Path) -> Arc<Concrete> {
+        let mut concretes = self.concretes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(live) = concretes.get(id).and_then(Weak::upgrade) {
+            return live;
+        }
+        let name = id.to_string();
+        let metrics = self.metrics.client(&name);
+        let mut addr = self.resolver.resolve(id);
+        let initial = self.endpoints(&addr.borrow_and_update(), &[], &metrics);
+        let (tx, endpoints) = watch::channel(Arc::new(initial));
+        let (client, balance) = (self.client.clone(), self.balance.clone());
+        let task_metrics = metrics.clone();
+        let task = tokio::spawn(async move {
+            while addr.changed().await.is_ok() {
+                let previous = tx.borrow().clone();
+                let current: &[Arc<Endpoint>] = match &*previous {
+                    Endpoints::Bound(list) => list,
+                    _ => &[],
+                };
+                let next = build_endpoints(&addr.borrow_and_update(), current, &client, &balance, &task_metrics);
+                if tx.send(Arc::new(next)).is_err() {
+                    return;
+                }
+            }
+        });
+        let concrete = Arc::new(Concrete {
+            id: id.clone(),
+            endpoints,
+            dst_client: header_value(&name),
+            metrics,
+            task: Some(task),
+        });
+        concretes.retain(|_, w| w.strong_count() > 0);
+        concretes.insert(id.clone(), Arc::downgrade(&concrete));
+        concrete
+    }
+
+    fn endpoints(&self, addr: &Addr, current: &[Arc<Endpoint>], metrics: &ClientMetrics) -> Endpoints {
+        build_endpoints(addr, current, &self.client, &self.balance, metrics)
+    }
+
+    /// Drops bindings unused for longer than the idle time. Returns how many went.
+    pub(crate) fn evict_idle(&self) -> usize {
+        let (now, ttl) = (self.now_secs(), self.idle_ttl.as_secs());
+        let mut evicted = 0;
+        for shard in self.shards.iter() {
+            let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
+            let before = map.len();
+            map.retain(|_, route| now.saturating_sub(route.last_used.load(Ordering::Relaxed)) <= ttl);
+            evicted += before - map.len();
+        }
+        self.forget(evicted);
+        evicted
+    }
+
+    /// Drops the least recently used tenth of the bindings (at least one), when over the limit.
+    fn evict_least_recently_used(&self) {
+        let mut stamps: Vec<u64> = Vec::with_capacity(self.live.load(Ordering::Relaxed));
+        for shard in self.shards.iter() {
+            let map = shard.read().unwrap_or_else(|p| p.into_inner());
+            stamps.extend(map.values().map(|r| r.last_used.load(Ordering::Relaxed)));
+        }
+        let excess = stamps.len().saturating_sub(self.max_bindings);
+        if excess == 0 {
+            return;
+        }
+        let target = excess.max(self.max_bindings / 10).min(stamps.len());
+        stamps.sort_unstable();
+        let cutoff = stamps[target - 1];
+        let mut evicted = 0;
+        for shard in self.shards.iter() {
+            let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, route| {
+                let keep = evicted >= target || route.last_used.load(Ordering::Relaxed) > cutoff;
+                if !keep {
+                    evicted += 1;
+                }
+                keep
+            });
+        }
+        self.forget(evicted);
+    }
+
+    fn forget(&self, evicted: usize) {
+        if evicted > 0 {
+            let live = self.live.fetch_sub(evicted, Ordering::Relaxed) - evicted;
+            self.metrics.bindings.set(live as i64);
+            tracing::debug!(evicted, live, "bindings evicted");
+        }
+    }
+
+    /// How many bindings are live.
+    pub(crate) fn len(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Evicts idle bindings periodically, until the table is dropped.
+    pub(crate) fn spawn_evictor(self: &Arc<Self>) -> JoinHandle<()> {
+        let routes = Arc::downgrade(self);
+        let period = (self.idle_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(routes) = routes.upgrade() else { return };
+                routes.evict_idle();
+            }
+        })
+    }
+}
+
+/// Endpoints for `addr`, keeping the existing endpoint (its pool, load and health) for every
+/// address that stays.
+fn build_endpoints(
+    addr: &Addr,
+    current: &[Arc<Endpoint>],
+    client: &Arc<ClientSettings>,
+    balance: &Arc<BalanceSettings>,
+    metrics: &ClientMetrics,
+) -> Endpoints {
+    let endpoints = match addr {
+        Addr::Pending => Endpoints::Pending,
+        Addr::Neg => Endpoints::Neg,
+        Addr::Failed { cause } => Endpoints::Failed(cause.as_str().into()),
+        Addr::Bound { addrs, .. } => {
+            let mut list: Vec<Arc<Endpoint>> = Vec::with_capacity(addrs.len());
+            for address in addrs {
+                let sa: SocketAddr = address.socket_addr();
+                let weight = address.weight();
+                if let Some(existing) = current.iter().find(|e| e.addr == sa && e.weight() == weight) {
+                    list.push(existing.clone());
+                } else if !list.iter().any(|e| e.addr == sa) {
+                    let client = EndpointClient::new(sa, client.clone(), metrics.connections.clone());
+                    list.push(Arc::new(Endpoint::new(sa, weight, client, balance.clone())));
+                }
+            }
+            Endpoints::Bound(list)
+        }
+    };
+    let count = match &endpoints {
+        Endpoints::Bound(list) => list.len(),
+        _ => 0,
+    };
+    metrics.endpoints.set(count as i64);
+    endpoints
+}
+
+impl Tree {
+    /// Chooses an endpoint: union branches by weight (skipping branches that cannot take the
+    /// request when another can), alternatives in order (falling through negative branches and
+    /// branches without endpoints), then the leaf's balancer.
+    pub(crate) fn choose(&self) -> Choice<'_> {
+        match self {
+            Tree::Leaf(leaf) => {
+                let endpoints = leaf.concrete.endpoints.borrow();
+                match &**endpoints {
+                    Endpoints::Pending => Choice::Pending(&leaf.concrete),
+                    Endpoints::Neg => Choice::Neg,
+                    Endpoints::Failed(why) => Choice::NoEndpoints(format!("{}: {why}", leaf.concrete.id)),
+                    Endpoints::Bound(list) => match balance::pick(list) {
+                        Some(endpoint) => Choice::Endpoint { leaf, endpoint: endpoint.clone() },
+                        None => Choice::NoEndpoints(format!("{} has no endpoints", leaf.concrete.id)),
+                    },
+                }
+            }
+            Tree::Alt(trees) => {
+                let mut last = Choice::Neg;
+                for tree in trees {
+                    match tree.choose() {
+                        Choice::Neg => {}
+                        no @ Choice::NoEndpoints(_) => last = no,
+                        decided => return decided,
+                    }
+                }
+                last
+            }
+            Tree::Union(branches) => choose_weighted(branches),
+            Tree::Neg => Choice::Neg,
+            Tree::Fail => Choice::Fail,
+            Tree::Empty => Choice::NoEndpoints("the name is bound to the empty set ($)".to_string()),
+        }
+    }
+}
+
+/// Picks union branches by weight until one can take the request.
+fn choose_weighted(branches: &[(f64, Tree)]) -> Choice<'_> {
+    // Branches tried and found unusable; unions with more than 64 branches are only
+    // retried among their first 64.
+    let mut excluded: u64 = 0;
+    let mut last = Choice::Neg;
+    let mut pending = None;
+    for _ in 0..branches.len() {
+        let total: f64 = branches
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i >= 64 || excluded & (1 << i) == 0)
+            .map(|(_, (w, _))| *w)
+            .sum();
+        let index = if total > 0.0 {
+            let mut point = rng::unit() * total;
+            let mut chosen = None;
+            for (i, (w, _)) in branches.iter().enumerate() {
+                if i < 64 && excluded & (1 << i) != 0 {
+                    continue;
+                }
+                chosen = Some(i);
+                if point < *w {
+                    break;
+                }
+                point -= w;
+            }
+            chosen
+        } else {
+            // All remaining weights are zero: they share equally.
+            (0..branches.len()).find(|i| *i >= 64 || excluded & (1 << i) == 0)
+        };
+        let Some(index) = index else { break };
+        match branches[index].1.choose() {
+            chosen @ Choice::Endpoint { .. } => return chosen,
+            Choice::Pending(c) => pending = pending.or(Some(c)),
+            Choice::Fail => {}
+            other => last = other,
+        }
+        if index >= 64 {
+            break;
+        }
+        excluded |= 1 << index;
+    }
+    match pending {
+        Some(c) => Choice::Pending(c),
+        None => last,
+    }
+}

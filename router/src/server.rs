@@ -1,0 +1,263 @@
+//! Listeners: accept connections, pick HTTP/1.1 or HTTP/2 from each connection's preface,
+//! and hand requests to the pipeline; on shutdown, stop accepting and let connections finish.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use crate::identify::IdentifierConfig;
+use crate::proxy::ListenerProxy;
+
+/// One listening socket (Linkerd 1's `servers` entry).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// The listener's name, used in metrics.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// The address to listen on.
+    #[serde(default = "default_ip")]
+    pub ip: IpAddr,
+    /// The port to listen on (0 picks a free one).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Whether clients of this listener may steer routing with `l5d-*` headers and see
+    /// router error details. Untrusted listeners (edges) strip every `l5d-*` header both ways
+    /// and answer errors with the status text only (Linkerd 1's `clearContext: true`).
+    /// Unset: trusted on a loopback address, untrusted otherwise.
+    #[serde(default)]
+    pub trusted: Option<bool>,
+    /// Identifiers for this listener, instead of the router's.
+    #[serde(default)]
+    pub identifier: Option<Vec<IdentifierConfig>>,
+    /// The name prefix for this listener, instead of the router's `dst_prefix`.
+    #[serde(default)]
+    pub dst_prefix: Option<String>,
+    /// Serve TLS; HTTP/2 is then offered through ALPN (`h2`), next to HTTP/1.1.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+/// A listener's certificate (Linkerd 1's server `tls`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// The certificate chain, PEM, leaf first.
+    pub cert_path: std::path::PathBuf,
+    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: std::path::PathBuf,
+}
+
+/// A listener's TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or holds no usable PEM item.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// rustls refused the certificate and key.
+    #[error("the certificate and key do not work together: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl ListenerTlsConfig {
+    /// A TLS acceptor offering `h2` and `http/1.1` through ALPN.
+    pub(crate) fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let file_error = |path: &std::path::Path, e: &dyn std::fmt::Display| TlsError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let certs = CertificateDer::pem_file_iter(&self.cert_path)
+            .map_err(|e| file_error(&self.cert_path, &e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| file_error(&self.cert_path, &e))?;
+        if certs.is_empty() {
+            return Err(file_error(&self.cert_path, &"no certificate found"));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key_path).map_err(|e| file_error(&self.key_path, &e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+fn default_name() -> String {
+    "outbound".to_string()
+}
+fn default_ip() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+fn default_port() -> u16 {
+    4140
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            name: default_name(),
+            ip: default_ip(),
+            port: default_port(),
+            trusted: None,
+            identifier: None,
+            dst_prefix: None,
+            tls: None,
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// Whether the listener trusts its clients.
+    pub fn is_trusted(&self) -> bool {
+        self.trusted.unwrap_or_else(|| self.ip.is_loopback())
+    }
+
+    pub(crate) fn problems(&self, at: &str, out: &mut Vec<String>) {
+        if self.name.is_empty() {
+            out.push(format!("{at}.name: may not be empty"));
+        }
+        if let Some(prefix) = &self.dst_prefix {
+            if let Err(e) = prefix.parse::<waymark_dtab::Path>() {
+                out.push(format!("{at}.dst_prefix: {prefix:?} is not a path: {e}"));
+            }
+        }
+        for (i, identifier) in self.identifier.iter().flatten().enumerate() {
+            identifier.problems(&format!("{at}.identifier[{i}]"), out);
+        }
+        if self.identifier.as_ref().is_some_and(Vec::is_empty) {
+            out.push(format!("{at}.identifier: needs at least one identifier (or leave it out)"));
+        }
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+}
+
+/// The HTTP server settings every listener uses.
+pub(crate) fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024)
+        // Ping idle clients so that dead connections do not hold memory forever.
+        .keep_alive_interval(Duration::from_secs(60))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// Counters for one listener.
+#[derive(Debug, Clone)]
+pub(crate) struct ListenerMetrics {
+    pub(crate) open: Gauge,
+    pub(crate) accepted: Counter,
+}
+
+/// Resolves once `shutdown` holds `true` (never, if its sender is gone while it is false).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` turns true; then every connection is
+/// asked to finish (HTTP/1.1 closes after the response in flight, HTTP/2 sends GOAWAY). Each
+/// connection holds a clone of `drained` until it is gone, so that the caller can wait for
+/// all of them.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    proxy: Arc<ListenerProxy>,
+    drained: mpsc::Sender<()>,
+    shutdown: watch::Receiver<bool>,
+    metrics: ListenerMetrics,
+) {
+    let builder = Arc::new(http_builder());
+    let mut stop = shutdown.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        metrics.accepted.inc();
+        metrics.open.inc();
+        let (proxy, builder, open) = (proxy.clone(), builder.clone(), metrics.open.clone());
+        let (drained, mut shutdown) = (drained.clone(), shutdown.clone());
+        let tls = tls.clone();
+        tokio::spawn(
+            async move {
+                match tls {
+                    None => serve_connection(stream, &builder, proxy, &mut shutdown).await,
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(stream) => serve_connection(stream, &builder, proxy, &mut shutdown).await,
+                        Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    },
+                }
+                open.dec();
+                drop(drained);
+            }
+            .instrument(tracing::debug_span!("conn", %peer)),
+        );
+    }
+}
+
+/// Serves HTTP on one connection until it closes, or, after `shutdown` turns true, until the
+/// requests in flight are answered.
+async fn serve_connection<S>(
+    stream: S,
+    builder: &auto::Builder<TokioExecutor>,
+    proxy: Arc<ListenerProxy>,
+    shutdown: &mut watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // Boxed: hyper keeps room for the service future in every connection, idle or not; a
+    // box costs one allocation per request instead of ~3 KiB per connection.
+    let service = service_fn(move |req| -> BoxFuture<'static, _> { Box::pin(proxy.clone().serve(req)) });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stopped(shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
