@@ -50,22 +50,20 @@ impl Drop for Processes {
 }
 
 impl Processes {
-    /// Stops every process: SIGTERM, so that each shuts down cleanly, then SIGKILL for any
-    /// still running after a few seconds.
+    /// Stops every process, the last started first (the router before the namer it uses,
+    /// the namer before the services): SIGTERM, so that each shuts down cleanly, then SIGKILL
+    /// for one still running after a few seconds.
     async fn stop(&mut self) {
-        for (_, child) in &self.0 {
+        while let Some((name, mut child)) = self.0.pop() {
             if let Some(pid) = child.id() {
                 let _ =
                     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
             }
-        }
-        for (name, child) in &mut self.0 {
             if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
                 eprintln!("{name} did not stop within 5 s; killing it");
                 let _ = child.kill().await;
             }
         }
-        self.0.clear();
     }
 
     /// Resolves when any process exits, with its name.
