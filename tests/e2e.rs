@@ -331,12 +331,15 @@ async fn with_etcd_a_change_through_one_replica_reaches_a_router_on_the_other() 
     assert!(answered > 50, "the load ran ({answered} answers)");
 }
 
+type BadInput<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_error_and_everything_else_keeps_working() {
     let mesh = Mesh::files().await;
     let closed = free_port();
     let refused = format!("/svc/web => /$/inet/127.0.0.1/{closed}");
-    let cases: [(&str, Vec<(&str, &str)>, u16, &str); 4] = [
+    // (what, request headers, status, what the body says)
+    let cases: [BadInput; 4] = [
         ("a malformed l5d-dtab", vec![("l5d-dtab", "/svc/web => ")], 400, "expected a name"),
         ("a dtab that loops", vec![("l5d-dtab", "/svc/web => /svc/web")], 502, "Max recursion level"),
         ("a name that resolves to nothing", vec![("host", "nowhere")], 502, "/svc/nowhere is not bound"),
