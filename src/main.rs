@@ -1,15 +1,10 @@
 //! `waymark`: the namer, the router and the tools, in one binary. This file only parses the
 //! command line and dispatches; each subcommand lives in its crate.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, Registry, reload};
+use clap::{Args, Parser, Subcommand};
 
 /// A dtab-routed service mesh.
 #[derive(Debug, Parser)]
@@ -21,95 +16,174 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Format and manage dtabs.
-    Dtab {
-        #[command(subcommand)]
-        command: waymark_cli::DtabCommand,
-    },
-    /// Explain how a path resolves through a dtab.
-    Delegate(waymark_cli::DelegateArgs),
-    /// Run the router: the HTTP/1.1, HTTP/2 and gRPC proxy.
+    /// Run the namer: dtab storage, name resolution, namerd's HTTP API and the io.l5d.mesh gRPC API.
+    Namer(ServerArgs),
+    /// Run the router: the HTTP/1.1, HTTP/2 and gRPC proxy routed by dtabs.
     Router(RouterArgs),
+    /// Format dtab files, and manage the dtabs a namer stores (namerctl-compatible).
+    Dtab(waymark_cli::DtabArgs),
+    /// Explain how a path resolves through a dtab, offline or through the namer.
+    Delegate(waymark_cli::DelegateArgs),
+    /// Start a namer, a router and sample services on this machine, and show what to try.
+    Demo(DemoArgs),
+    /// A sample service for the demo and the end-to-end tests.
+    #[command(hide = true)]
+    DemoService(DemoServiceArgs),
 }
 
-#[derive(Debug, clap::Args)]
-struct RouterArgs {
-    /// The YAML configuration; without it, the documented defaults.
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// The router's port.
+    #[arg(long, default_value_t = 4140)]
+    router_port: u16,
+    /// The router's admin port.
+    #[arg(long, default_value_t = 9990)]
+    router_admin_port: u16,
+    /// The namer's HTTP API port.
+    #[arg(long, default_value_t = 4180)]
+    namer_port: u16,
+    /// The namer's gRPC API port.
+    #[arg(long, default_value_t = 4321)]
+    mesh_port: u16,
+    /// The namer's admin port.
+    #[arg(long, default_value_t = 9991)]
+    namer_admin_port: u16,
+    /// Keep dtabs, service files and configurations in this directory (kept on exit).
     #[arg(long)]
-    config: Option<PathBuf>,
-    /// Log output format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Plain, env = "WAYMARK_LOG_FORMAT")]
-    log_format: LogFormat,
-    /// Initial log filter (changeable at run time on the admin port, `/logging`).
-    #[arg(long, default_value = "info", env = "WAYMARK_LOG")]
-    log: String,
+    data_dir: Option<std::path::PathBuf>,
+    /// Keep the temporary data directory on exit.
+    #[arg(long)]
+    keep_data: bool,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
+#[derive(Debug, Args)]
+struct DemoServiceArgs {
+    /// The service's name.
+    #[arg(long)]
+    name: String,
+    /// The service's version.
+    #[arg(long)]
+    version: String,
+    /// Where to listen; the address is printed as `listening on ADDR`.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// The service to call on every request, through the router.
+    #[arg(long)]
+    downstream: Option<String>,
+    /// The router's address.
+    #[arg(long, default_value = "127.0.0.1:4140")]
+    router: std::net::SocketAddr,
+}
+
+#[derive(Debug, Args)]
+struct RouterArgs {
+    /// The YAML configuration; without it, the documented defaults (HTTP on 127.0.0.1:4140,
+    /// binding through a namer at 127.0.0.1:4321).
+    #[arg(long, short)]
+    config: Option<std::path::PathBuf>,
+    /// The initial log filter (`RUST_LOG` wins; changeable at run time on `/logging`).
+    #[arg(long, default_value = "info")]
+    log: String,
+    /// Log lines as plain text or JSON.
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Plain)]
+    log_format: LogFormatArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
     Plain,
     Json,
 }
 
-/// The log filter behind a reload handle, as the admin port's log control.
-struct ReloadableFilter(reload::Handle<EnvFilter, Registry>);
+/// The admin crate's log control, as the router's admin port drives it.
+struct RouterLog(waymark_admin::LogControl);
 
-impl waymark_router::LogControl for ReloadableFilter {
+impl waymark_router::LogControl for RouterLog {
     fn current(&self) -> String {
-        self.0.with_current(|f| f.to_string()).unwrap_or_default()
+        self.0.current()
     }
 
     fn set(&self, filter: &str) -> Result<(), String> {
-        let filter = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
-        self.0.reload(filter).map_err(|e| e.to_string())
+        self.0.set(filter)
     }
 }
 
-fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<ReloadableFilter> {
-    let filter = EnvFilter::try_new(filter).context("invalid log filter")?;
-    let (filter, handle) = reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
-    match format {
-        LogFormat::Plain => registry.with(tracing_subscriber::fmt::layer()).init(),
-        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json()).init(),
-    }
-    Ok(ReloadableFilter(handle))
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// The YAML configuration file (`-` for standard input). Without one, the defaults apply.
+    #[arg(long, short)]
+    config: Option<String>,
 }
 
-/// Resolves on SIGTERM or ctrl-c.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Namer(args) => run_namer(args),
+        Command::Router(args) => run_router(args),
+        Command::Dtab(args) => waymark_cli::run_dtab(args),
+        Command::Delegate(args) => waymark_cli::run_delegate(args),
+        Command::Demo(args) => run_demo(args),
+        Command::DemoService(args) => run_demo_service(args),
     };
-    #[cfg(unix)]
-    let term = async {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> waymark_cli::Failure {
+    waymark_cli::Failure::new(waymark_cli::Exit::Error, e.to_string())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, waymark_cli::Failure> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(fail)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+            Ok(mut signal) => {
+                signal.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            Err(_) => std::future::pending().await,
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
     }
 }
 
-fn router(args: RouterArgs) -> anyhow::Result<()> {
-    let log = init_logging(args.log_format, &args.log)?;
+fn run_namer(args: ServerArgs) -> Result<(), waymark_cli::Failure> {
+    let config = match &args.config {
+        Some(file) => waymark_namer::NamerConfig::load(file).map_err(fail)?,
+        None => waymark_namer::NamerConfig::default(),
+    };
+    let log = waymark_admin::init_logging(&config.logging.level, config.logging.format).map_err(fail)?;
+    runtime()?.block_on(async {
+        let app = waymark_namer::NamerApp::build(config, Some(log)).await.map_err(fail)?;
+        app.run(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+fn run_router(args: RouterArgs) -> Result<(), waymark_cli::Failure> {
+    let format = match args.log_format {
+        LogFormatArg::Plain => waymark_admin::LogFormat::Plain,
+        LogFormatArg::Json => waymark_admin::LogFormat::Json,
+    };
+    let log = waymark_admin::init_logging(&args.log, format).map_err(fail)?;
     let config = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            waymark_router::RouterConfig::from_yaml(&text).with_context(|| format!("in {}", path.display()))?
+            let text = std::fs::read_to_string(path).map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
+            waymark_router::RouterConfig::from_yaml(&text).map_err(|e| fail(format!("{}: {e}", path.display())))?
         }
         None => waymark_router::RouterConfig::default(),
     };
     // One worker: a current-thread runtime does the same work without cross-thread
     // scheduling (no work stealing, no wake-ups through other threads).
-    let mut runtime = match config.worker_threads {
+    let mut builder = match config.worker_threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(threads) => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -118,31 +192,39 @@ fn router(args: RouterArgs) -> anyhow::Result<()> {
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
-    let runtime = runtime.enable_all().build().context("starting the runtime")?;
-    runtime.block_on(async move {
-        let app = waymark_router::App::build(config).await?.with_log_control(Arc::new(log));
-        app.run(shutdown_signal()).await?;
-        Ok(())
+    let runtime = builder.enable_all().build().map_err(fail)?;
+    runtime.block_on(async {
+        let app = waymark_router::App::build(config).await.map_err(fail)?.with_log_control(Arc::new(RouterLog(log)));
+        app.run(shutdown_signal()).await.map_err(fail)
     })
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Dtab { command } => waymark_cli::run_dtab(command),
-        Command::Delegate(args) => waymark_cli::run_delegate(args),
-        Command::Router(args) => {
-            return match router(args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("waymark router: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+fn run_demo(args: DemoArgs) -> Result<(), waymark_cli::Failure> {
+    let options = waymark_demo::DemoOptions {
+        router_port: args.router_port,
+        router_admin_port: args.router_admin_port,
+        namer_port: args.namer_port,
+        mesh_port: args.mesh_port,
+        namer_admin_port: args.namer_admin_port,
+        data_dir: args.data_dir,
+        keep_data: args.keep_data,
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => failure.report(),
-    }
+    runtime()?.block_on(waymark_demo::run(options, shutdown_signal())).map_err(fail)
+}
+
+fn run_demo_service(args: DemoServiceArgs) -> Result<(), waymark_cli::Failure> {
+    let service = waymark_demo::SampleService {
+        name: args.name,
+        version: args.version,
+        downstream: args.downstream,
+        router: args.router,
+    };
+    runtime()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(fail)?;
+        println!("listening on {}", listener.local_addr().map_err(fail)?);
+        tokio::select! {
+            served = service.serve(listener) => served.map_err(fail),
+            () = shutdown_signal() => Ok(()),
+        }
+    })
 }

@@ -10,6 +10,7 @@ use waymark_dtab::global::InetTarget;
 use waymark_dtab::json::{BoundJson, DelegateJson, DentryJson};
 use waymark_dtab::{Addr, BoundName, DEFAULT_MAX_DEPTH, Dtab, Namers, Path};
 
+use crate::client::Client;
 use crate::exit::{Exit, Failure};
 use crate::fmt::parse_file;
 use crate::style::Style;
@@ -157,17 +158,37 @@ fn literal_addr(name: &BoundName) -> Option<Addr> {
     Some(Addr::bound([SocketAddr::new(ip, target.port)]))
 }
 
+fn parse_path(path: &str) -> Result<Path, Failure> {
+    path.parse().map_err(|e: waymark_dtab::ParseError| {
+        Failure::new(Exit::Invalid, format!("invalid path: {}", e.message())).with_detail(e.excerpt())
+    })
+}
+
 /// Runs `waymark delegate --dtab DTAB PATH` offline: only the built-in `/$/` namers, and
 /// addresses only for IP literals.
 pub fn run_offline(dtab: &str, path: &str, json: bool) -> Result<(), Failure> {
     let dtab: Dtab = parse_file(dtab, "--dtab")?;
-    let path: Path = path.parse().map_err(|e: waymark_dtab::ParseError| {
-        Failure::new(Exit::Invalid, format!("invalid path: {}", e.message())).with_detail(e.excerpt())
-    })?;
+    let path = parse_path(path)?;
     let tree = waymark_dtab::delegate(&dtab, &Namers::new(), &path, DEFAULT_MAX_DEPTH)
         .map_err(|e| Failure::new(Exit::Invalid, format!("cannot delegate {path}: {e}")))?;
     let tree = DelegateJson::from_tree(&tree, &mut literal_addr);
     print_tree(&tree, json);
+    Ok(())
+}
+
+/// Runs `waymark delegate NAMESPACE PATH [--dtab EXTRA]`: the namer explains `path` through
+/// the namespace's dtab followed by `extra`, with its namers and live addresses. `--json`
+/// prints the namer's answer as it came.
+pub fn run_online(client: &Client, ns: &str, path: &str, extra: Option<&str>, json: bool) -> Result<(), Failure> {
+    // Checked here first, so that a typo gets a caret rather than the namer's 400.
+    let path = parse_path(path)?;
+    let extra = extra.map(|text| parse_file(text, "--dtab")).transpose()?;
+    let delegation = client.delegate(ns, &path.to_string(), extra.as_ref())?;
+    if json {
+        println!("{}", delegation.raw.trim_end());
+    } else {
+        print!("{}", render(&delegation.tree, &Style::for_stdout()));
+    }
     Ok(())
 }
 

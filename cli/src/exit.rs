@@ -43,6 +43,12 @@ impl Failure {
         Failure { exit, message: message.into(), detail: None }
     }
 
+    /// A failure that prints nothing: the command has already said what it found, and only
+    /// the status remains (a diff that found differences).
+    pub fn silent(exit: Exit) -> Self {
+        Failure { exit, message: String::new(), detail: None }
+    }
+
     /// Adds detail lines.
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
@@ -51,7 +57,9 @@ impl Failure {
 
     /// Prints the failure to standard error and returns the exit code.
     pub fn report(&self) -> ExitCode {
-        eprintln!("error: {}", self.message);
+        if !self.message.is_empty() {
+            eprintln!("error: {}", self.message);
+        }
         if let Some(detail) = &self.detail {
             eprintln!("{detail}");
         }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -15,7 +16,7 @@ use waymark_interpreter::Interpreter;
 use waymark_store::{DtabStore, StoreMetrics};
 
 use crate::config::{InterfaceConfig, NamerConfig};
-use crate::grpc::Mesh;
+use crate::grpc::{LinkerdCompat, Mesh};
 use crate::http::HttpApi;
 use crate::metrics::ApiMetrics;
 use crate::source::StoreDtabs;
@@ -71,7 +72,7 @@ impl NamerApp {
     pub async fn build(config: NamerConfig, log: Option<LogControl>) -> Result<Self, StartError> {
         let mut registry = Registry::with_prefix("waymark_namer");
         let store_metrics = StoreMetrics::new();
-        store_metrics.register(registry.sub_registry_with_prefix("store"));
+        store_metrics.register(&mut registry);
         let store = config
             .storage
             .build_instrumented(&store_metrics)
@@ -145,14 +146,16 @@ impl NamerApp {
         }
         for listener in mesh {
             info!(addr = ?listener.local_addr().ok(), "io.l5d.mesh gRPC API listening");
-            let routes =
-                Mesh::new(interpreter.clone(), store.clone(), stop.clone(), metrics.clone(), timeout).routes();
+            let routes = Mesh::new(interpreter.clone(), store.clone(), stop.clone(), metrics.clone(), timeout).routes();
             let stop = stop.clone();
             servers.spawn(async move {
                 let served = tonic::transport::Server::builder()
                     .http2_keepalive_interval(Some(GRPC_KEEPALIVE))
                     .add_routes(routes)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listener).map_ok(LinkerdCompat::new),
+                        stop.cancelled_owned(),
+                    )
                     .await;
                 if let Err(error) = served {
                     warn!(%error, "gRPC API server failed");

@@ -11,9 +11,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use serde::Deserialize;
+use waymark_admin::LogFormat;
 use waymark_interpreter::namers::validate_all;
 use waymark_interpreter::{InterpreterOptions, NamerConfig as NamerKind};
-use waymark_admin::LogFormat;
 use waymark_store::StoreConfig;
 
 /// The whole namer configuration.
@@ -250,27 +250,52 @@ impl InterpreterConfig {
 }
 
 impl NamerConfig {
-    /// Parses YAML (JSON is YAML too) and validates the result.
+    /// Parses YAML (JSON is YAML too) and validates the result. Each section, and each element
+    /// of a list, is read on its own, so that every problem in the file is reported at once,
+    /// each with the key path where it is.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: NamerConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError {
-            origin: origin.to_string(),
-            problems: vec![Problem { at: String::new(), message: e.to_string() }],
-        })?;
-        let problems = config.problems();
-        if problems.is_empty() { Ok(config) } else { Err(ConfigError { origin: origin.to_string(), problems }) }
+        let fail = |problems: Vec<Problem>| ConfigError { origin: origin.to_string(), problems };
+        let value: serde_json::Value = serde_saphyr::from_str(text)
+            .map_err(|e| fail(vec![Problem { at: String::new(), message: e.to_string() }]))?;
+        let sections = match value {
+            serde_json::Value::Null => serde_json::Map::new(),
+            serde_json::Value::Object(map) => map,
+            other => {
+                return Err(fail(vec![Problem {
+                    at: String::new(),
+                    message: format!("expected a mapping, not {other}"),
+                }]));
+            }
+        };
+        let mut config = NamerConfig::default();
+        let mut problems = Vec::new();
+        for (key, value) in sections {
+            match key.as_str() {
+                "storage" => read(value, "storage", &mut problems, |v| config.storage = v),
+                "namers" => config.namers = read_list(value, "namers", &mut problems),
+                "interfaces" => config.interfaces = read_list(value, "interfaces", &mut problems),
+                "admin" => read(value, "admin", &mut problems, |v| config.admin = v),
+                "interpreter" => read(value, "interpreter", &mut problems, |v| config.interpreter = v),
+                "logging" => read(value, "logging", &mut problems, |v| config.logging = v),
+                _ => problems.push(Problem {
+                    at: key.clone(),
+                    message: "unknown key; expected storage, namers, interfaces, admin, interpreter or logging".into(),
+                }),
+            }
+        }
+        if problems.is_empty() {
+            problems = config.problems();
+        }
+        if problems.is_empty() { Ok(config) } else { Err(fail(problems)) }
     }
 
     /// Reads and validates a configuration file (`-` for standard input).
     pub fn load(file: &str) -> Result<Self, ConfigError> {
-        let text = if file == "-" {
-            std::io::read_to_string(std::io::stdin())
-        } else {
-            std::fs::read_to_string(file)
-        }
-        .map_err(|e| ConfigError {
-            origin: file.to_string(),
-            problems: vec![Problem { at: String::new(), message: format!("cannot read: {e}") }],
-        })?;
+        let text = if file == "-" { std::io::read_to_string(std::io::stdin()) } else { std::fs::read_to_string(file) }
+            .map_err(|e| ConfigError {
+                origin: file.to_string(),
+                problems: vec![Problem { at: String::new(), message: format!("cannot read: {e}") }],
+            })?;
         NamerConfig::from_yaml(&text, file)
     }
 
@@ -282,7 +307,8 @@ impl NamerConfig {
                 errors.0.into_iter().map(|p| Problem { at: format!("storage.{}", p.path), message: p.message }),
             );
         }
-        problems.extend(validate_all(&self.namers, "namers").into_iter().map(|p| Problem { at: p.at, message: p.message }));
+        problems
+            .extend(validate_all(&self.namers, "namers").into_iter().map(|p| Problem { at: p.at, message: p.message }));
         if self.interfaces.is_empty() {
             problems.push(Problem { at: "interfaces".into(), message: "at least one interface is needed".into() });
         }
@@ -293,7 +319,8 @@ impl NamerConfig {
                 continue;
             }
             if let Some((first, _)) = ports[..i].iter().find(|(_, other)| other == addr) {
-                problems.push(Problem { at: format!("{at}.port"), message: format!("{addr} is already used by {first}") });
+                problems
+                    .push(Problem { at: format!("{at}.port"), message: format!("{addr} is already used by {first}") });
             }
         }
         if self.interpreter.max_depth == 0 {
@@ -306,13 +333,44 @@ impl NamerConfig {
             });
         }
         if self.interpreter.request_timeout_ms == 0 {
-            problems.push(Problem { at: "interpreter.request_timeout_ms".into(), message: "must be at least 1".into() });
+            problems
+                .push(Problem { at: "interpreter.request_timeout_ms".into(), message: "must be at least 1".into() });
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
             problems.push(Problem { at: "logging.level".into(), message: format!("not a log filter: {e}") });
         }
         problems
     }
+}
+
+/// Reads one section, recording a problem at `at` if it does not fit.
+fn read<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    at: &str,
+    problems: &mut Vec<Problem>,
+    set: impl FnOnce(T),
+) {
+    match serde_json::from_value(value) {
+        Ok(v) => set(v),
+        Err(e) => problems.push(Problem { at: at.to_string(), message: e.to_string() }),
+    }
+}
+
+/// Reads a list section element by element, recording a problem for each that does not fit.
+fn read_list<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<T> {
+    let serde_json::Value::Array(items) = value else {
+        problems.push(Problem { at: at.to_string(), message: "expected a list".into() });
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        read(item, &format!("{at}[{i}]"), problems, |v| out.push(v));
+    }
+    out
 }
 
 impl fmt::Display for ConfigError {
@@ -366,8 +424,20 @@ interpreter:
 "#;
         let err = NamerConfig::from_yaml(yaml, "namer.yaml").unwrap_err();
         let at: Vec<&str> = err.problems.iter().map(|p| p.at.as_str()).collect();
-        assert_eq!(at, ["storage.namespaces.bad name", "namers[1].prefix", "interfaces[0].port", "interpreter.max_depth"]);
+        assert_eq!(
+            at,
+            ["storage.namespaces.bad name", "namers[1].prefix", "interfaces[0].port", "interpreter.max_depth"]
+        );
         assert!(err.to_string().starts_with("namer.yaml: 4 problems"), "{err}");
+    }
+
+    #[test]
+    fn problems_of_every_section_are_reported_together() {
+        let yaml = "admin:\n  port: abc\nnamers:\n  - kind: io.l5d.fs\n    rootdir: x\n  - kind: io.l5d.fs\n    root_dir: /d\nextra: 1\n";
+        let err = NamerConfig::from_yaml(yaml, "x").unwrap_err();
+        let at: Vec<&str> = err.problems.iter().map(|p| p.at.as_str()).collect();
+        assert_eq!(at, ["admin", "extra", "namers[0]"], "{err}");
+        assert!(err.problems[2].message.contains("rootdir"), "{err}");
     }
 
     #[test]

@@ -43,7 +43,11 @@ impl ApiMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register("http_requests", "HTTP API requests by API and status", self.http_requests.clone());
         registry.register("grpc_requests", "gRPC API calls by method and status code", self.grpc_requests.clone());
-        registry.register("open_watch_streams", "Watch streams open now, by interface and API", self.open_streams.clone());
+        registry.register(
+            "open_watch_streams",
+            "Watch streams open now, by interface and API",
+            self.open_streams.clone(),
+        );
     }
 
     /// Counts an HTTP request to `api` answered with `status`.

@@ -149,10 +149,10 @@ impl Body for ResponseBody {
                 let polled = Pin::new(body).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(trailers) = frame.trailers_ref() {
-                            if let Some(grpc) = this.grpc.take() {
-                                grpc.finish(Some(trailers));
-                            }
+                        if let Some(trailers) = frame.trailers_ref()
+                            && let Some(grpc) = this.grpc.take()
+                        {
+                            grpc.finish(Some(trailers));
                         }
                     }
                     Poll::Ready(None | Some(Err(_))) => {

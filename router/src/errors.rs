@@ -175,10 +175,10 @@ fn grpc_percent_encode(message: &str) -> String {
 fn explain(error: &RouterError, message: &str, why: &Explanation, name: Option<(&Path, &Dtab)>, base: &Dtab) -> String {
     let mut out = String::with_capacity(256);
     let _ = writeln!(out, "{message}");
-    if let RouterError::BadOverride(e) = error {
-        if let Some(excerpt) = e.excerpt() {
-            let _ = writeln!(out, "{excerpt}");
-        }
+    if let RouterError::BadOverride(e) = error
+        && let Some(excerpt) = e.excerpt()
+    {
+        let _ = writeln!(out, "{excerpt}");
     }
     if let Some((name, local)) = name {
         let _ = writeln!(out, "logical name: {name}");

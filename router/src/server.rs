@@ -137,10 +137,10 @@ impl ListenerConfig {
         if self.name.is_empty() {
             out.push(format!("{at}.name: may not be empty"));
         }
-        if let Some(prefix) = &self.dst_prefix {
-            if let Err(e) = prefix.parse::<waymark_dtab::Path>() {
-                out.push(format!("{at}.dst_prefix: {prefix:?} is not a path: {e}"));
-            }
+        if let Some(prefix) = &self.dst_prefix
+            && let Err(e) = prefix.parse::<waymark_dtab::Path>()
+        {
+            out.push(format!("{at}.dst_prefix: {prefix:?} is not a path: {e}"));
         }
         for (i, identifier) in self.identifier.iter().flatten().enumerate() {
             identifier.problems(&format!("{at}.identifier[{i}]"), out);

@@ -9,9 +9,11 @@ use waymark_dtab::{Addr, Namer, Path};
 use crate::dns::Dns;
 
 pub mod fs;
+pub mod rewrite;
 pub mod static_names;
 
 pub use fs::{FsConfig, FsNamer};
+pub use rewrite::{RewriteConfig, RewriteNamer};
 pub use static_names::{StaticConfig, StaticNamer};
 
 /// A namer that can be watched: besides answering lookups from its current state (the
@@ -41,6 +43,9 @@ pub enum NamerConfig {
     /// `io.l5d.static`: names mapped to fixed addresses in the configuration.
     #[serde(rename = "io.l5d.static")]
     Static(StaticConfig),
+    /// `io.l5d.rewrite`: a path rewritten by pattern into another path to bind.
+    #[serde(rename = "io.l5d.rewrite")]
+    Rewrite(RewriteConfig),
 }
 
 /// A configuration problem: where (a dotted key path) and what.
@@ -58,6 +63,7 @@ impl NamerConfig {
         match self {
             NamerConfig::Fs(c) => &c.prefix,
             NamerConfig::Static(c) => &c.prefix,
+            NamerConfig::Rewrite(c) => &c.prefix,
         }
     }
 
@@ -79,6 +85,7 @@ impl NamerConfig {
         match self {
             NamerConfig::Fs(c) => c.validate(at, &mut problems),
             NamerConfig::Static(c) => c.validate(at, &mut problems),
+            NamerConfig::Rewrite(c) => c.validate(at, &mut problems),
         }
         problems
     }
@@ -88,6 +95,7 @@ impl NamerConfig {
         Ok(match self {
             NamerConfig::Fs(c) => FsNamer::start(c.clone(), dns.clone()).await?,
             NamerConfig::Static(c) => Arc::new(StaticNamer::new(c)?),
+            NamerConfig::Rewrite(c) => Arc::new(RewriteNamer::new(c)),
         })
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio_stream::wrappers::WatchStream;
 use waymark_dtab::Dtab;
 use waymark_dtab::json::{DentryJson, dtab_from_json};
-use waymark_store::{ChangeMeta, HistoryEntry, Namespace, Version};
+use waymark_store::{ChangeMeta, HistoryEntry, Namespace, StoreError, Version};
 
 use super::watch::stream_response;
 use super::{ApiError, HttpApi, document, is_watch};
@@ -123,8 +123,8 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Dtab, ApiError> {
         .ok_or_else(|| ApiError::BadRequest(format!("Invalid Content-Type \"{raw_type}\". ")))?;
     match codec {
         Codec::Json => {
-            let dentries: Vec<Option<DentryJson>> = serde_json::from_slice(body)
-                .map_err(|e| ApiError::BadRequest(format!("Invalid JSON dtab: {e}")))?;
+            let dentries: Vec<Option<DentryJson>> =
+                serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("Invalid JSON dtab: {e}")))?;
             let dentries: Vec<DentryJson> = dentries.into_iter().collect::<Option<_>>().ok_or_else(|| {
                 ApiError::BadRequest(format!("The dtab contains invalid dentries: {}", String::from_utf8_lossy(body)))
             })?;
@@ -140,9 +140,10 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Dtab, ApiError> {
 
 fn change_meta(headers: &HeaderMap) -> ChangeMeta {
     let text = |name: &str| {
-        headers.get(name).and_then(|v| v.to_str().ok()).map(|v| {
-            percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned()
-        })
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
     };
     ChangeMeta { author: text(AUTHOR_HEADER), message: text(MESSAGE_HEADER) }
 }
@@ -162,8 +163,9 @@ fn rfc3339(at: SystemTime) -> String {
 /// `GET /api/1/dtabs`: the namespace names, sorted; streamed with `watch`.
 pub(crate) async fn list(State(api): State<HttpApi>, Query(q): Query<WatchQuery>) -> Result<Response, ApiError> {
     if is_watch(q.watch.as_deref()) {
-        let documents = WatchStream::new(api.store.watch_list())
-            .map(|names| serde_json::to_string(&names.iter().map(Namespace::as_str).collect::<Vec<_>>()).unwrap_or_default());
+        let documents = WatchStream::new(api.store.watch_list()).map(|names| {
+            serde_json::to_string(&names.iter().map(Namespace::as_str).collect::<Vec<_>>()).unwrap_or_default()
+        });
         return Ok(stream_response(&api, "dtabs", Some("application/json"), documents));
     }
     let names = api.store.list().await?;
@@ -224,7 +226,11 @@ fn namespace(text: &str) -> Result<Namespace, ApiError> {
 }
 
 async fn get(api: &HttpApi, ns: &Namespace, codec: Codec, head: bool) -> Result<Response, ApiError> {
-    let current = api.store.get(ns).await?;
+    let current = api.store.get(ns).await.map_err(|e| match e {
+        // On a read, invalid means broken backing data (a hand-edited file), not a bad request.
+        StoreError::Invalid(why) => ApiError::Internal(format!("the stored dtab of {ns} is invalid: {why}")),
+        other => other.into(),
+    })?;
     let mut response = if head {
         StatusCode::OK.into_response()
     } else {

@@ -29,6 +29,8 @@ mod dtabs;
 mod names;
 mod watch;
 
+pub use dtabs::{AUTHOR_HEADER, MESSAGE_HEADER};
+
 /// Everything the handlers share.
 #[derive(Clone)]
 pub struct HttpApi {
@@ -37,6 +39,12 @@ pub struct HttpApi {
     pub(crate) shutdown: CancellationToken,
     pub(crate) metrics: ApiMetrics,
     pub(crate) request_timeout: Duration,
+}
+
+impl std::fmt::Debug for HttpApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpApi").field("interpreter", &self.interpreter).finish_non_exhaustive()
+    }
 }
 
 /// A failed request, turned into a response in exactly one place.

@@ -48,7 +48,9 @@ fn parse_path(raw: Option<&str>) -> Result<Path, ApiError> {
 fn parse_dtab(raw: Option<&str>) -> Result<Dtab, ApiError> {
     match raw {
         None | Some("") => Ok(Dtab::empty()),
-        Some(text) => text.parse::<Dtab>().map_err(|e| ApiError::BadRequest(format!("Invalid dtab: {e}\n{}", e.excerpt()))),
+        Some(text) => {
+            text.parse::<Dtab>().map_err(|e| ApiError::BadRequest(format!("Invalid dtab: {e}\n{}", e.excerpt())))
+        }
     }
 }
 
@@ -113,15 +115,19 @@ where
     F: Fn(&TreeWatch, &NameTree<BoundLeaf>) -> String + Send + Sync + 'static,
 {
     let render = Arc::new(render);
-    stream::unfold(Some(tree), move |tree| {
+    // The state carries whether a document was just sent: the next one waits for a change.
+    stream::unfold(Some((tree, false)), move |state| {
         let render = render.clone();
         async move {
-            let mut tree = tree?;
+            let (mut tree, sent) = state?;
+            if sent && !tree.changed().await {
+                return None;
+            }
             loop {
                 match tree.current() {
                     TreeState::Bound { tree: bound, complete: true } => {
                         let doc = render(&tree, &bound);
-                        return Some((doc, Some(tree)));
+                        return Some((doc, Some((tree, true))));
                     }
                     TreeState::Failed(e) => return Some((e, None)),
                     TreeState::Pending | TreeState::Bound { .. } => {}
@@ -203,8 +209,12 @@ pub(crate) async fn addr(
 /// [`DELEGATE_ADDRESS_WAIT`].
 async fn delegate_json(api: &HttpApi, tree: &DelegateTree) -> String {
     let names = tree.bound_names();
-    let mut watches: Vec<_> = names.iter().map(|name| (name.id().clone(), api.interpreter.resolve(name.id()))).collect();
-    let wait = future::join_all(watches.iter_mut().map(|(_, rx)| rx.wait_for(|a| !a.is_pending())));
+    let mut watches: Vec<_> =
+        names.iter().map(|name| (name.id().clone(), api.interpreter.resolve(name.id()))).collect();
+    let wait = future::join_all(watches.iter_mut().map(|(_, rx)| async move {
+        // Only the waiting matters; the guard it returns must not live across an await.
+        let _known = rx.wait_for(|a| !a.is_pending()).await.is_ok();
+    }));
     let _ = tokio::time::timeout(DELEGATE_ADDRESS_WAIT.min(api.request_timeout), wait).await;
     let addrs: std::collections::HashMap<Path, Addr> =
         watches.iter().map(|(id, rx)| (id.clone(), rx.borrow().clone())).collect();
@@ -232,7 +242,10 @@ pub(crate) async fn delegate(
 
 /// `GET /api/1/delegate?path=&dtab=[&namespace=]`: with a namespace, its stored dtab
 /// followed by `dtab`; without one, `dtab` alone.
-pub(crate) async fn delegate_query(State(api): State<HttpApi>, Query(q): Query<NameQuery>) -> Result<Response, ApiError> {
+pub(crate) async fn delegate_query(
+    State(api): State<HttpApi>,
+    Query(q): Query<NameQuery>,
+) -> Result<Response, ApiError> {
     let path = parse_path(q.path.as_deref())?;
     let extra = parse_dtab(q.dtab.as_deref())?;
     delegate_in(&api, q.namespace.as_deref().unwrap_or(NO_NAMESPACE), &path, &extra).await
@@ -262,13 +275,14 @@ pub(crate) async fn bound_names(State(api): State<HttpApi>, Query(q): Query<Name
     if is_watch(q.watch.as_deref()) {
         let interpreter = api.interpreter.clone();
         let changes = interpreter.watch_bound_names();
-        let documents = stream::unfold((interpreter, changes, true), move |(interpreter, mut changes, first)| async move {
-            if !first {
-                changes.changed().await;
-            }
-            let doc = render(interpreter.bound_names());
-            Some((doc, (interpreter, changes, false)))
-        });
+        let documents =
+            stream::unfold((interpreter, changes, true), move |(interpreter, mut changes, first)| async move {
+                if !first {
+                    changes.changed().await;
+                }
+                let doc = render(interpreter.bound_names());
+                Some((doc, (interpreter, changes, false)))
+            });
         return Ok(stream_response(&api, "bound-names", Some("application/json"), documents));
     }
     Ok(document(Some("application/json"), format!("{}\n", render(api.interpreter.bound_names()))))

@@ -107,7 +107,8 @@ impl TreeWatch {
             if addrs.is_empty() {
                 return future::pending().await;
             }
-            future::select_all(addrs.values_mut().map(|rx| Box::pin(rx.changed()))).await;
+            // A closed address watch cannot happen while its interpreter keeps the sender.
+            let _ = future::select_all(addrs.values_mut().map(|rx| Box::pin(rx.changed()))).await;
         };
         tokio::select! {
             changed = bind.changed() => changed.is_ok(),

@@ -22,6 +22,10 @@ use waymark_store::{DtabStore, Namespace, StoreError};
 
 use crate::metrics::{ApiMetrics, OpenStream};
 
+mod linkerd_compat;
+
+pub use linkerd_compat::LinkerdCompat;
+
 /// The state every mesh service shares.
 #[derive(Clone)]
 pub struct Mesh {
@@ -30,6 +34,12 @@ pub struct Mesh {
     shutdown: CancellationToken,
     metrics: ApiMetrics,
     request_timeout: Duration,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh").field("interpreter", &self.interpreter).finish_non_exhaustive()
+    }
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -179,9 +189,9 @@ impl resolver_server::Resolver for Mesh {
     ) -> Result<Response<Self::StreamReplicasStream>, Status> {
         let items: Pin<Box<dyn Stream<Item = Result<mesh::Replicas, Status>> + Send>> =
             match request::replicas_id(request.get_ref()) {
-                Ok(id) => {
-                    Box::pin(WatchStream::new(self.interpreter.resolve(&id)).map(|addr| Ok(mesh::Replicas::from(&addr))))
-                }
+                Ok(id) => Box::pin(
+                    WatchStream::new(self.interpreter.resolve(&id)).map(|addr| Ok(mesh::Replicas::from(&addr))),
+                ),
                 Err(answer) => Box::pin(futures::stream::iter([Ok(answer)]).chain(futures::stream::pending())),
             };
         self.record("StreamReplicas", Ok(Response::new(self.stream("StreamReplicas", items))))

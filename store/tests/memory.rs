@@ -1,0 +1,60 @@
+//! The memory store against the conformance suite, on a paused clock.
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use common::{Backend, cas_stress, conformance_tests, dtab, meta, ns};
+use waymark_store::{ChangeMeta, DtabStore, MemoryStore, StoreConfig, Version};
+
+/// One memory store: every "instance" is the same store, as it has no shared backing data.
+#[derive(Default)]
+struct MemoryBackend(OnceLock<Arc<MemoryStore>>);
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    async fn open(&self, history_limit: usize) -> Arc<dyn DtabStore> {
+        self.0.get_or_init(|| Arc::new(MemoryStore::with_history_limit(history_limit))).clone()
+    }
+}
+
+conformance_tests!(
+    #[tokio::test(start_paused = true)]
+    MemoryBackend::default()
+);
+
+#[tokio::test(start_paused = true)]
+async fn versions_count_writes_as_namerd_does() {
+    let store = MemoryStore::new();
+    let counter = |n: u64| Version::from_bytes(n.to_be_bytes());
+    assert_eq!(store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap(), counter(1));
+    assert_eq!(store.put(&ns("web"), &dtab("/a=>/c"), &meta()).await.unwrap(), counter(2));
+    assert_eq!(store.update(&ns("web"), &dtab("/a=>/d"), &counter(2), &meta()).await.unwrap(), counter(3));
+    store.delete(&ns("web"), &meta()).await.unwrap();
+    assert_eq!(store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap(), counter(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn namespaces_from_configuration_are_preloaded_with_history() {
+    let config: StoreConfig =
+        serde_saphyr::from_str("kind: io.l5d.inMemory\nnamespaces:\n  default: /svc => /#/io.l5d.fs\n").unwrap();
+    let store = config.build().await.unwrap();
+    assert_eq!(store.list().await.unwrap(), vec![ns("default")]);
+    assert_eq!(store.get(&ns("default")).await.unwrap().dtab, dtab("/svc=>/#/io.l5d.fs"));
+    let history = store.history(&ns("default")).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].message.as_deref(), Some("loaded from configuration"));
+    assert_eq!(**store.watch_list().borrow(), vec![ns("default")]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn compare_and_swap_loses_no_update_under_contention() {
+    let store: Arc<dyn DtabStore> = Arc::new(MemoryStore::with_history_limit(2000));
+    cas_stress(Arc::clone(&store), store, 8, 200).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn change_meta_defaults_to_no_author_or_message() {
+    assert_eq!(ChangeMeta::default(), ChangeMeta { author: None, message: None });
+}
