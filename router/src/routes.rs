@@ -28,6 +28,7 @@ use crate::context::ctx_dtab_value;
 use crate::metrics::{ClientMetrics, Metrics, ServiceMetrics};
 use crate::retry::{BudgetConfig, RetryBudget};
 use crate::rng;
+use crate::sync::{lock, read, write};
 
 /// Limits on live bindings (Linkerd 1's `bindingCache`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -238,14 +239,14 @@ impl Routes {
     pub(crate) fn get(self: &Arc<Self>, key: RouteKey) -> Arc<Route> {
         let now = self.now_secs();
         let shard = self.shard(&key);
-        if let Some(route) = shard.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(route) = read(shard).get(&key) {
             route.last_used.store(now, Ordering::Relaxed);
             return route.clone();
         }
         // Made outside the lock: subscribing may take the resolver's own locks.
         let made = self.make_route(key.clone(), now);
         let (route, inserted) = {
-            let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
+            let mut map = write(shard);
             match map.get(&key) {
                 Some(existing) => (existing.clone(), false),
                 None => {
@@ -321,7 +322,7 @@ impl Routes {
 
     /// The balancer for bound id `id`, shared while any route holds it.
     fn concrete(&self, id: &Path) -> Arc<Concrete> {
-        let mut concretes = self.concretes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut concretes = lock(&self.concretes);
         if let Some(live) = concretes.get(id).and_then(Weak::upgrade) {
             return live;
         }
@@ -366,7 +367,7 @@ impl Routes {
         let (now, ttl) = (self.now_secs(), self.idle_ttl.as_secs());
         let mut evicted = 0;
         for shard in self.shards.iter() {
-            let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
+            let mut map = write(shard);
             let before = map.len();
             map.retain(|_, route| now.saturating_sub(route.last_used.load(Ordering::Relaxed)) <= ttl);
             evicted += before - map.len();
@@ -379,7 +380,7 @@ impl Routes {
     fn evict_least_recently_used(&self) {
         let mut stamps: Vec<u64> = Vec::with_capacity(self.live.load(Ordering::Relaxed));
         for shard in self.shards.iter() {
-            let map = shard.read().unwrap_or_else(|p| p.into_inner());
+            let map = read(shard);
             stamps.extend(map.values().map(|r| r.last_used.load(Ordering::Relaxed)));
         }
         let excess = stamps.len().saturating_sub(self.max_bindings);
@@ -391,7 +392,7 @@ impl Routes {
         let cutoff = stamps[target - 1];
         let mut evicted = 0;
         for shard in self.shards.iter() {
-            let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
+            let mut map = write(shard);
             map.retain(|_, route| {
                 let keep = evicted >= target || route.last_used.load(Ordering::Relaxed) > cutoff;
                 if !keep {
