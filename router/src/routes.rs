@@ -555,3 +555,65 @@ fn choose_weighted(branches: &[(f64, Tree)]) -> Choice<'_> {
         None => last,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::{FailureAccrualConfig, LoadBalancerConfig};
+    use crate::client::ClientConfig;
+
+    /// Binds every name to nothing: these tests are about the table, not the trees.
+    struct Nothing;
+
+    impl Resolver for Nothing {
+        fn bind(&self, _path: &Path, _local: &Dtab) -> watch::Receiver<BindState> {
+            watch::channel(BindState::Bound(Arc::new(NameTree::Neg))).1
+        }
+
+        fn resolve(&self, _id: &Path) -> watch::Receiver<Addr> {
+            watch::channel(Addr::Neg).1
+        }
+    }
+
+    fn table(max_bindings: usize, idle_ttl_secs: u64) -> Arc<Routes> {
+        Routes::new(
+            Arc::new(Nothing),
+            Metrics::new(),
+            Arc::new(ClientSettings::new(&ClientConfig::default())),
+            Arc::new(BalanceSettings::new(&LoadBalancerConfig::default(), &FailureAccrualConfig::default())),
+            BudgetConfig::default(),
+            &BindingCacheConfig { max_bindings, idle_ttl_secs },
+        )
+    }
+
+    fn key(name: &str) -> RouteKey {
+        RouteKey { name: name.parse().unwrap(), local: Dtab::empty() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bindings_idle_past_the_ttl_go_and_used_ones_stay() {
+        let routes = table(100, 10);
+        let a = routes.get(key("/svc/a"));
+        routes.get(key("/svc/b"));
+        assert_eq!(routes.evict_idle(), 0, "fresh bindings stay");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(Arc::ptr_eq(&a, &routes.get(key("/svc/a"))), "a second request shares the binding");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(routes.evict_idle(), 1, "b was idle for 11 s");
+        assert_eq!(routes.len(), 1);
+        assert!(Arc::ptr_eq(&a, &routes.get(key("/svc/a"))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn beyond_the_cap_the_least_recently_used_go() {
+        let routes = table(10, 600);
+        let first = routes.get(key("/svc/0"));
+        for i in 1..=10 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            routes.get(key(&format!("/svc/{i}")));
+        }
+        assert!(routes.len() <= 10, "{}", routes.len());
+        let again = routes.get(key("/svc/0"));
+        assert!(!Arc::ptr_eq(&first, &again), "the oldest binding was dropped and made anew");
+    }
+}
