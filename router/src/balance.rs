@@ -191,8 +191,7 @@ impl Endpoint {
     }
 
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
-        // A panic while holding this lock leaves plain numbers behind, which are still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Marks a request as outstanding until the returned guard is dropped.

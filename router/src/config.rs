@@ -251,6 +251,8 @@ service:
     fn the_benchmark_file_loads() {
         let config = RouterConfig::from_yaml(include_str!("../examples/bench.yaml")).unwrap();
         assert_eq!(config.worker_threads, Some(1));
+        let h2 = RouterConfig::from_yaml(include_str!("../examples/bench-h2-upstream.yaml")).unwrap();
+        assert_eq!(h2.client.protocol, crate::client::UpstreamProtocol::Http2);
     }
 
     #[test]

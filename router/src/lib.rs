@@ -23,6 +23,7 @@ mod retry;
 mod rng;
 mod routes;
 mod server;
+mod sync;
 
 pub use admin::{AdminConfig, LogControl};
 pub use app::{App, AppError};

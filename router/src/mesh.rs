@@ -31,6 +31,7 @@ use waymark_proto::request::{BindRequest, DelegateTreeRequest, dtab_req, replica
 use crate::metrics::{Metrics, StreamLabels};
 use crate::naming::{Delegator, NamerStatus, Naming};
 use crate::rng;
+use crate::sync::lock;
 
 /// A client of one namer, for one namespace.
 #[derive(Clone)]
@@ -72,10 +73,6 @@ impl Backoff {
         let ceiling = self.base.saturating_mul(1u32.checked_shl(n.min(20)).unwrap_or(u32::MAX)).min(self.max);
         ceiling / 2 + (ceiling / 2).mul_f64(rng::unit())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The version bytes as text when they are text, else as hex.

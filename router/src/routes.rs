@@ -28,6 +28,7 @@ use crate::context::ctx_dtab_value;
 use crate::metrics::{ClientMetrics, Metrics, ServiceMetrics};
 use crate::retry::{BudgetConfig, RetryBudget};
 use crate::rng;
+use crate::sync::{lock, read, write};
 
 /// Limits on live bindings (Linkerd 1's `bindingCache`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -238,14 +239,14 @@ impl Routes {
     pub(crate) fn get(self: &Arc<Self>, key: RouteKey) -> Arc<Route> {
         let now = self.now_secs();
         let shard = self.shard(&key);
-        if let Some(route) = shard.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(route) = read(shard).get(&key) {
             route.last_used.store(now, Ordering::Relaxed);
             return route.clone();
         }
         // Made outside the lock: subscribing may take the resolver's own locks.
         let made = self.make_route(key.clone(), now);
         let (route, inserted) = {
-            let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
+            let mut map = write(shard);
             match map.get(&key) {
                 Some(existing) => (existing.clone(), false),
                 None => {
@@ -321,7 +322,7 @@ impl Routes {
 
     /// The balancer for bound id `id`, shared while any route holds it.
     fn concrete(&self, id: &Path) -> Arc<Concrete> {
-        let mut concretes = self.concretes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut concretes = lock(&self.concretes);
         if let Some(live) = concretes.get(id).and_then(Weak::upgrade) {
             return live;
         }
@@ -366,7 +367,7 @@ impl Routes {
         let (now, ttl) = (self.now_secs(), self.idle_ttl.as_secs());
         let mut evicted = 0;
         for shard in self.shards.iter() {
-            let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
+            let mut map = write(shard);
             let before = map.len();
             map.retain(|_, route| now.saturating_sub(route.last_used.load(Ordering::Relaxed)) <= ttl);
             evicted += before - map.len();
@@ -379,7 +380,7 @@ impl Routes {
     fn evict_least_recently_used(&self) {
         let mut stamps: Vec<u64> = Vec::with_capacity(self.live.load(Ordering::Relaxed));
         for shard in self.shards.iter() {
-            let map = shard.read().unwrap_or_else(|p| p.into_inner());
+            let map = read(shard);
             stamps.extend(map.values().map(|r| r.last_used.load(Ordering::Relaxed)));
         }
         let excess = stamps.len().saturating_sub(self.max_bindings);
@@ -391,7 +392,7 @@ impl Routes {
         let cutoff = stamps[target - 1];
         let mut evicted = 0;
         for shard in self.shards.iter() {
-            let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
+            let mut map = write(shard);
             map.retain(|_, route| {
                 let keep = evicted >= target || route.last_used.load(Ordering::Relaxed) > cutoff;
                 if !keep {
@@ -552,5 +553,67 @@ fn choose_weighted(branches: &[(f64, Tree)]) -> Choice<'_> {
     match pending {
         Some(c) => Choice::Pending(c),
         None => last,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::{FailureAccrualConfig, LoadBalancerConfig};
+    use crate::client::ClientConfig;
+
+    /// Binds every name to nothing: these tests are about the table, not the trees.
+    struct Nothing;
+
+    impl Resolver for Nothing {
+        fn bind(&self, _path: &Path, _local: &Dtab) -> watch::Receiver<BindState> {
+            watch::channel(BindState::Bound(Arc::new(NameTree::Neg))).1
+        }
+
+        fn resolve(&self, _id: &Path) -> watch::Receiver<Addr> {
+            watch::channel(Addr::Neg).1
+        }
+    }
+
+    fn table(max_bindings: usize, idle_ttl_secs: u64) -> Arc<Routes> {
+        Routes::new(
+            Arc::new(Nothing),
+            Metrics::new(),
+            Arc::new(ClientSettings::new(&ClientConfig::default())),
+            Arc::new(BalanceSettings::new(&LoadBalancerConfig::default(), &FailureAccrualConfig::default())),
+            BudgetConfig::default(),
+            &BindingCacheConfig { max_bindings, idle_ttl_secs },
+        )
+    }
+
+    fn key(name: &str) -> RouteKey {
+        RouteKey { name: name.parse().unwrap(), local: Dtab::empty() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bindings_idle_past_the_ttl_go_and_used_ones_stay() {
+        let routes = table(100, 10);
+        let a = routes.get(key("/svc/a"));
+        routes.get(key("/svc/b"));
+        assert_eq!(routes.evict_idle(), 0, "fresh bindings stay");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(Arc::ptr_eq(&a, &routes.get(key("/svc/a"))), "a second request shares the binding");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(routes.evict_idle(), 1, "b was idle for 11 s");
+        assert_eq!(routes.len(), 1);
+        assert!(Arc::ptr_eq(&a, &routes.get(key("/svc/a"))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn beyond_the_cap_the_least_recently_used_go() {
+        let routes = table(10, 600);
+        let first = routes.get(key("/svc/0"));
+        for i in 1..=10 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            routes.get(key(&format!("/svc/{i}")));
+        }
+        assert!(routes.len() <= 10, "{}", routes.len());
+        let again = routes.get(key("/svc/0"));
+        assert!(!Arc::ptr_eq(&first, &again), "the oldest binding was dropped and made anew");
     }
 }
