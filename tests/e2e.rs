@@ -331,6 +331,23 @@ async fn with_etcd_a_change_through_one_replica_reaches_a_router_on_the_other() 
     assert!(answered > 50, "the load ran ({answered} answers)");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alternative_without_endpoints_falls_through_to_the_next_per_request() {
+    let mesh = Mesh::files().await;
+    // web-v3 exists (its file is there) but lists no endpoints yet.
+    let v3 = mesh.services.disco.join("web-v3");
+    std::fs::write(&v3, "# no endpoints yet\n").unwrap();
+    put_dtab(&mesh.namer, "/svc=>/#/io.l5d.fs;/svc/web=>/svc/web-v3 | /svc/web-v2;/svc/greeter=>/svc/greeter-v1").await;
+    mesh.wait_for(|a| a.body == "web v2 -> greeter v1", Duration::from_secs(30), &[]).await;
+    for _ in 0..10 {
+        assert_eq!(mesh.ask(&[]).await.unwrap().body, "web v2 -> greeter v1");
+    }
+    // Once web-v3 has an endpoint (web v1's, here), the first alternative takes the traffic.
+    let v1 = std::fs::read_to_string(mesh.services.disco.join("web-v1")).unwrap();
+    std::fs::write(&v3, v1).unwrap();
+    mesh.wait_for(|a| a.body == "web v1 -> greeter v1", Duration::from_secs(30), &[]).await;
+}
+
 type BadInput<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,11 +106,29 @@ pub struct NamerLookup {
     pub path: Path,
 }
 
-/// Limits for binding.
+/// Limits and choices for binding.
 #[derive(Clone, Copy, Debug)]
 pub struct BindOptions {
     /// The most lookups one chain of rewrites may take (default 100).
     pub max_depth: usize,
+    /// How alternatives (`a | b`) bind: as Finagle does (the first that is not negative), or
+    /// keeping every usable alternative for the router to choose from per request.
+    pub alternatives: Alternatives,
+}
+
+/// How an alternative binds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Alternatives {
+    /// Finagle's rule: the first alternative that is not negative is the result; the bound
+    /// tree has no `Alt` nodes. What namerd's APIs and Linkerd 1 routers expect.
+    #[default]
+    First,
+    /// Every alternative that binds, in order, up to and including the first that fails or is
+    /// empty (those stop fall-through): the result is an `Alt` of them when there are several.
+    /// A router can then fall through, per request, to the next alternative when one has no
+    /// endpoints, which address state alone cannot express in Finagle's rule. An alternative
+    /// that fails or is pending after one that bound ends the list instead of the binding.
+    Keep,
 }
 
 /// Why binding failed.
@@ -155,6 +173,7 @@ struct Binder<'a> {
     dtab: &'a Dtab,
     namers: &'a Namers,
     max_depth: usize,
+    alternatives: Alternatives,
     lookups: Vec<NamerLookup>,
     lookups_made: usize,
     /// Set when a safety limit was hit; binding then stops everywhere.
@@ -265,7 +284,7 @@ impl fmt::Debug for Namers {
 
 impl Default for BindOptions {
     fn default() -> Self {
-        BindOptions { max_depth: DEFAULT_MAX_DEPTH }
+        BindOptions { max_depth: DEFAULT_MAX_DEPTH, alternatives: Alternatives::First }
     }
 }
 
@@ -284,8 +303,15 @@ impl Binding {
 /// alternatives are tried in order and only a negative result falls through; a union keeps
 /// every branch that bound and tolerates failed ones as long as one succeeded.
 pub fn bind(dtab: &Dtab, namers: &Namers, tree: &NameTree<Path>, options: BindOptions) -> Binding {
-    let mut binder =
-        Binder { dtab, namers, max_depth: options.max_depth, lookups: Vec::new(), lookups_made: 0, aborted: None };
+    let mut binder = Binder {
+        dtab,
+        namers,
+        max_depth: options.max_depth,
+        alternatives: options.alternatives,
+        lookups: Vec::new(),
+        lookups_made: 0,
+        aborted: None,
+    };
     let tree = tree.map_ref(&mut |p: &Path| Name::Path(p.clone()));
     let outcome = binder.bind(&tree, 0, None, 0);
     // A union tolerates failed branches, but hitting a safety limit must fail the whole
@@ -387,7 +413,7 @@ impl Binder<'_> {
                     BindOutcome::Pending
                 }
             }
-            NameTree::Alt(trees) => {
+            NameTree::Alt(trees) if self.alternatives == Alternatives::First => {
                 for tree in trees {
                     match self.bind(tree, depth, weight, frames + 1) {
                         BindOutcome::Bound(NameTree::Neg) => continue,
@@ -396,6 +422,28 @@ impl Binder<'_> {
                     }
                 }
                 BindOutcome::Bound(NameTree::Neg)
+            }
+            NameTree::Alt(trees) => {
+                let mut kept = Vec::new();
+                for tree in trees {
+                    match self.bind(tree, depth, weight, frames + 1) {
+                        BindOutcome::Bound(NameTree::Neg) => continue,
+                        BindOutcome::Bound(stop @ (NameTree::Fail | NameTree::Empty)) => {
+                            kept.push(stop);
+                            break;
+                        }
+                        BindOutcome::Bound(tree) => kept.push(tree),
+                        // Before anything bound, this is the answer, as with Finagle's rule;
+                        // after, the alternatives so far are still usable.
+                        other if kept.is_empty() => return other,
+                        _ => break,
+                    }
+                }
+                BindOutcome::Bound(match kept.len() {
+                    0 => NameTree::Neg,
+                    1 => kept.pop().unwrap_or(NameTree::Neg),
+                    _ => NameTree::Alt(kept),
+                })
             }
         }
     }
@@ -449,6 +497,28 @@ mod tests {
         let dtab: Dtab = "/a=>/#/pending & /$/inet/1".parse().unwrap();
         let binding = bind_path(&dtab, &namers, &p("/a"), BindOptions::default());
         assert_eq!(binding.tree().unwrap().to_string(), "/$/inet/1");
+    }
+
+    #[test]
+    fn kept_alternatives_leave_the_choice_to_the_router() {
+        let dtab: Dtab =
+            "/a=>~ | /$/inet/1 | /$/inet/2 | $ | /$/inet/3;/b=>/$/inet/1 | /$/bad.Namer;/c=>/$/bad.Namer | /$/inet/1"
+                .parse()
+                .unwrap();
+        let keep = BindOptions { alternatives: Alternatives::Keep, ..BindOptions::default() };
+        let shown = |path: &str, options| bind_path(&dtab, &Namers::new(), &p(path), options).outcome;
+        let tree = |o: BindOutcome| match o {
+            BindOutcome::Bound(t) => t.to_string(),
+            other => format!("{other:?}"),
+        };
+        // Finagle's rule: the first alternative that is not negative.
+        assert_eq!(tree(shown("/a", BindOptions::default())), "/$/inet/1");
+        // Kept: every usable alternative, up to the empty one that stops fall-through.
+        assert_eq!(tree(shown("/a", keep)), "/$/inet/1 | /$/inet/2 | $");
+        // A failure after a bound alternative ends the list; before one, it is the answer.
+        assert_eq!(tree(shown("/b", keep)), "/$/inet/1");
+        assert!(matches!(shown("/c", keep), BindOutcome::Failed(BindError::Namer(_))));
+        assert!(matches!(shown("/c", BindOptions::default()), BindOutcome::Failed(BindError::Namer(_))));
     }
 
     #[test]

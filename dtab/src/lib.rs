@@ -32,8 +32,8 @@ mod tree;
 
 pub use addr::{ADDR_WEIGHT_KEY, Addr, Address};
 pub use bind::{
-    BindError, BindOptions, BindOutcome, Binding, BoundLeaf, BoundName, DEFAULT_MAX_DEPTH, Lookup, MAX_LOOKUPS,
-    MAX_RECURSION, MountError, Name, Namer, NamerLookup, Namers, bind, bind_path,
+    Alternatives, BindError, BindOptions, BindOutcome, Binding, BoundLeaf, BoundName, DEFAULT_MAX_DEPTH, Lookup,
+    MAX_LOOKUPS, MAX_RECURSION, MountError, Name, Namer, NamerLookup, Namers, bind, bind_path,
 };
 pub use delegate::{DelegateError, DelegateNode, DelegateTree, delegate};
 pub use dtab::{Dentry, Dtab};

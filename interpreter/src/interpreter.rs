@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, debug_span, warn};
 use waymark_dtab::global::{self, InetTarget};
 use waymark_dtab::{
-    Addr, BindOptions, BindOutcome, DelegateError, DelegateTree, Dtab, Lookup, MountError, Name, NameTree, Namers, Path,
+    Addr, Alternatives, BindOptions, BindOutcome, DelegateError, DelegateTree, Dtab, Lookup, MountError, Name,
+    NameTree, Namers, Path,
 };
 
 use crate::dns::{Dns, DnsFailure};
@@ -84,6 +85,7 @@ struct BindKey {
     namespace: Arc<str>,
     path: Path,
     local: Dtab,
+    alternatives: Alternatives,
 }
 
 impl Default for InterpreterOptions {
@@ -162,14 +164,28 @@ impl Interpreter {
         &self.inner.metrics
     }
 
-    /// A [`Resolver`] for one namespace.
+    /// A [`Resolver`] for one namespace, for a router: its bindings keep every usable
+    /// alternative ([`Alternatives::Keep`]), so that the router can fall through, per request,
+    /// to the next one when an alternative has no endpoints.
     pub fn namespace(&self, namespace: &str) -> NamespaceResolver {
         NamespaceResolver { interpreter: self.clone(), namespace: namespace.into() }
     }
 
-    /// Watches the binding of `path` through the dtab of `namespace` followed by `local`.
+    /// Watches the binding of `path` through the dtab of `namespace` followed by `local`,
+    /// binding alternatives as Finagle does.
     pub fn bind(&self, namespace: &str, path: &Path, local: &Dtab) -> watch::Receiver<BindState> {
-        let key = BindKey { namespace: namespace.into(), path: path.clone(), local: local.clone() };
+        self.bind_with_alternatives(namespace, path, local, Alternatives::First)
+    }
+
+    /// [`Interpreter::bind`], choosing how alternatives bind.
+    pub fn bind_with_alternatives(
+        &self,
+        namespace: &str,
+        path: &Path,
+        local: &Dtab,
+        alternatives: Alternatives,
+    ) -> watch::Receiver<BindState> {
+        let key = BindKey { namespace: namespace.into(), path: path.clone(), local: local.clone(), alternatives };
         let mut bindings = lock(&self.inner.bindings);
         if let Some(tx) = bindings.get(&key) {
             return tx.subscribe();
@@ -187,7 +203,7 @@ impl Interpreter {
     /// Binds once, from the current state, without keeping anything.
     pub fn bind_now(&self, namespace: &str, path: &Path, local: &Dtab) -> BindState {
         let base = self.inner.dtabs.watch(namespace).borrow().clone().unwrap_or_default();
-        self.inner.bind_once(&base.concat(local), path).0
+        self.inner.bind_once(&base.concat(local), path, Alternatives::First).0
     }
 
     /// Watches the address set of a concrete bound id. A transformer prefix (`/%/...` up to
@@ -222,7 +238,7 @@ impl Interpreter {
 
     /// Binds once through `dtab` alone (no namespace), from the current state.
     pub fn bind_with(&self, dtab: &Dtab, path: &Path) -> BindState {
-        self.inner.bind_once(dtab, path).0
+        self.inner.bind_once(dtab, path, Alternatives::First).0
     }
 
     /// The concrete names the enumerating namers know, as full ids (`/#/io.l5d.fs/web`).
@@ -276,7 +292,7 @@ impl std::fmt::Debug for Interpreter {
 
 impl Resolver for NamespaceResolver {
     fn bind(&self, path: &Path, local: &Dtab) -> watch::Receiver<BindState> {
-        self.interpreter.bind(&self.namespace, path, local)
+        self.interpreter.bind_with_alternatives(&self.namespace, path, local, Alternatives::Keep)
     }
 
     fn resolve(&self, id: &Path) -> watch::Receiver<Addr> {
@@ -347,10 +363,19 @@ async fn any_changed(changes: &mut Vec<watch::Receiver<u64>>) {
 impl Inner {
     /// Binds `path` through `dtab` once; also returns the namers whose changes could alter
     /// the result.
-    fn bind_once(&self, dtab: &Dtab, path: &Path) -> (BindState, Vec<Arc<dyn ServiceNamer>>) {
+    fn bind_once(
+        &self,
+        dtab: &Dtab,
+        path: &Path,
+        alternatives: Alternatives,
+    ) -> (BindState, Vec<Arc<dyn ServiceNamer>>) {
         let started = Instant::now();
-        let binding =
-            waymark_dtab::bind_path(dtab, &self.namers, path, BindOptions { max_depth: self.options.max_depth });
+        let binding = waymark_dtab::bind_path(
+            dtab,
+            &self.namers,
+            path,
+            BindOptions { max_depth: self.options.max_depth, alternatives },
+        );
         self.metrics.bind_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.binds.inc();
         let state = match binding.outcome {
@@ -406,7 +431,7 @@ async fn rebind_on_change(inner: &Inner, key: &BindKey, tx: &watch::Sender<BindS
     let mut dtab_open = true;
     loop {
         let base = dtab.borrow_and_update().clone().unwrap_or_default();
-        let (state, namers) = inner.bind_once(&base.concat(&key.local), &key.path);
+        let (state, namers) = inner.bind_once(&base.concat(&key.local), &key.path, key.alternatives);
         // Subscribe before publishing, so that a namer change racing with this binding is
         // not missed.
         let mut changes: Vec<watch::Receiver<u64>> = namers.iter().map(|n| n.changes()).collect();

@@ -91,6 +91,23 @@ fn wide_dtab(base: u16) -> String {
 }
 
 #[tokio::test]
+async fn alternatives_bind_as_finagle_does_unless_the_client_asks_to_keep_them() {
+    let namer = common::start("{}").await;
+    put(&namer, "default", "/svc=>/$/inet/127.0.0.1/2 | /$/inet/127.0.0.1/1").await;
+    let mut client = InterpreterClient::new(channel(&namer).await);
+    let first = client.get_bound_tree(bind_req("default", "/svc", "")).await.unwrap();
+    assert_eq!(tree_of(first.get_ref()), "/$/inet/127.0.0.1/2");
+    let mut keep = tonic::Request::new(bind_req("default", "/svc", ""));
+    keep.metadata_mut().insert(
+        waymark_proto::request::ALTERNATIVES_METADATA,
+        tonic::metadata::MetadataValue::from_static(waymark_proto::request::KEEP_ALTERNATIVES),
+    );
+    let kept = client.get_bound_tree(keep).await.unwrap();
+    assert_eq!(tree_of(kept.get_ref()), "/$/inet/127.0.0.1/2 | /$/inet/127.0.0.1/1");
+    namer.stop().await;
+}
+
+#[tokio::test]
 async fn a_slow_reader_gets_the_latest_state_not_every_state() {
     let namer = common::start("{}").await;
     put(&namer, "default", &wide_dtab(1000)).await;

@@ -28,6 +28,16 @@ pub const ROOT_NOT_FOUND: &str = "Root not found";
 /// status) for a request without an id.
 pub const NO_ID: &str = "No ID provided";
 
+/// Request metadata with which a client asks `GetBoundTree` and `StreamBoundTree` to keep
+/// every usable alternative in the bound tree (value [`KEEP_ALTERNATIVES`]) instead of
+/// Finagle's first non-negative one, so that it can fall through, per request, to the next
+/// alternative when one has no endpoints. Waymark routers send it; Linkerd 1 routers do not,
+/// and get Finagle's trees.
+pub const ALTERNATIVES_METADATA: &str = "waymark-alternatives";
+
+/// The value of [`ALTERNATIVES_METADATA`] that keeps alternatives.
+pub const KEEP_ALTERNATIVES: &str = "keep";
+
 /// A checked `BindReq`: bind `name` through the namespace's stored dtab followed by `dtab`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BindRequest {

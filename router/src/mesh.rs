@@ -313,7 +313,13 @@ impl Resolver for MeshClient {
                 tx,
                 move |client| {
                     let mut grpc = InterpreterClient::new(client.channel.clone());
-                    let req = request.clone();
+                    let mut req = tonic::Request::new(request.clone());
+                    // Keep every usable alternative, so that a request can fall through to the
+                    // next one when an alternative has no endpoints.
+                    req.metadata_mut().insert(
+                        waymark_proto::request::ALTERNATIVES_METADATA,
+                        tonic::metadata::MetadataValue::from_static(waymark_proto::request::KEEP_ALTERNATIVES),
+                    );
                     async move { grpc.stream_bound_tree(req).await.map(tonic::Response::into_inner) }
                 },
                 |rsp: &mesh::BoundTreeRsp| match NameTree::<BoundLeaf>::try_from(rsp) {

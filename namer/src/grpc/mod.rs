@@ -13,7 +13,7 @@ use futures::{Stream, StreamExt, future};
 use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use waymark_dtab::{Addr, Dtab, NameTree, Path};
+use waymark_dtab::{Addr, Alternatives, Dtab, NameTree, Path};
 use waymark_interpreter::{BindState, Interpreter};
 use waymark_proto::convert::VersionedDtab;
 use waymark_proto::mesh::{self, codec_server, delegator_server, interpreter_server, resolver_server};
@@ -112,6 +112,14 @@ impl Mesh {
     }
 }
 
+/// How the client asked alternatives to bind (see [`request::ALTERNATIVES_METADATA`]).
+fn alternatives<T>(request: &Request<T>) -> Alternatives {
+    match request.metadata().get(request::ALTERNATIVES_METADATA).and_then(|v| v.to_str().ok()) {
+        Some(request::KEEP_ALTERNATIVES) => Alternatives::Keep,
+        _ => Alternatives::First,
+    }
+}
+
 fn bound_tree(state: &BindState) -> Option<Result<mesh::BoundTreeRsp, Status>> {
     match state {
         BindState::Pending => None,
@@ -138,7 +146,8 @@ impl interpreter_server::Interpreter for Mesh {
     async fn get_bound_tree(&self, request: Request<mesh::BindReq>) -> Result<Response<mesh::BoundTreeRsp>, Status> {
         let result = async {
             let req = BindRequest::try_from(request.get_ref())?;
-            let mut rx = self.interpreter.bind(&req.namespace, &req.name, &req.dtab);
+            let mut rx =
+                self.interpreter.bind_with_alternatives(&req.namespace, &req.name, &req.dtab, alternatives(&request));
             let state = self.first_ready(&mut rx, |s| *s != BindState::Pending).await?;
             bound_tree(&state).unwrap_or_else(|| Err(Status::internal("pending"))).map(Response::new)
         }
@@ -153,7 +162,8 @@ impl interpreter_server::Interpreter for Mesh {
         request: Request<mesh::BindReq>,
     ) -> Result<Response<Self::StreamBoundTreeStream>, Status> {
         let result = BindRequest::try_from(request.get_ref()).map(|req| {
-            let rx = self.interpreter.bind(&req.namespace, &req.name, &req.dtab);
+            let rx =
+                self.interpreter.bind_with_alternatives(&req.namespace, &req.name, &req.dtab, alternatives(&request));
             let items = WatchStream::new(rx).filter_map(|state| future::ready(bound_tree(&state)));
             Response::new(self.stream("StreamBoundTree", items))
         });
