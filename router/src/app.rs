@@ -127,6 +127,7 @@ impl App {
             classifier: Arc::new(config.service.response_classifier.clone()),
             max_override_bytes: config.max_override_bytes,
             max_retries: config.service.retries.max_per_request,
+            max_replay_body_bytes: config.service.retries.max_replay_body_bytes,
         };
         let proxy = Arc::new(Proxy { routes: routes.clone(), naming: naming.clone(), settings });
 

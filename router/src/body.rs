@@ -1,4 +1,5 @@
-//! The body types the proxy moves: bodies stream frame by frame and are never collected.
+//! The body types the proxy moves: bodies stream frame by frame, except a request body small
+//! enough to be kept for a retry (see `max_replay_body_bytes`).
 //!
 //! Enums rather than boxed trait objects, so that forwarding a request costs no allocation
 //! for its body.
@@ -25,6 +26,13 @@ pub(crate) enum RequestBody {
     Empty,
     /// The downstream request's body, streamed as it arrives.
     Streaming(Incoming),
+    /// A small body read whole, so that the request can be sent again.
+    Buffered {
+        /// The data, until it is sent.
+        data: Option<Bytes>,
+        /// The trailers, until they are sent.
+        trailers: Option<HeaderMap>,
+    },
 }
 
 /// A response body on its way back to the client.
@@ -71,6 +79,18 @@ enum ResponseKind {
     Full(Option<Bytes>),
 }
 
+impl RequestBody {
+    /// A copy of a body read whole, for one more attempt; other bodies cannot be copied.
+    pub(crate) fn replay(&self) -> RequestBody {
+        match self {
+            RequestBody::Buffered { data, trailers } => {
+                RequestBody::Buffered { data: data.clone(), trailers: trailers.clone() }
+            }
+            RequestBody::Empty | RequestBody::Streaming(_) => RequestBody::Empty,
+        }
+    }
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -79,6 +99,10 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Buffered { data, trailers } => Poll::Ready(match data.take() {
+                Some(chunk) => Some(Ok(Frame::data(chunk))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
         }
     }
 
@@ -86,6 +110,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => true,
             RequestBody::Streaming(body) => body.is_end_stream(),
+            RequestBody::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
         }
     }
 
@@ -93,6 +118,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Streaming(body) => body.size_hint(),
+            RequestBody::Buffered { data, .. } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }

@@ -25,6 +25,8 @@ pub(crate) enum RouterError {
     Unidentified(&'static str),
     #[error(transparent)]
     BadOverride(#[from] OverrideError),
+    #[error("reading the request body: {cause}")]
+    RequestBody { cause: String },
     #[error("exceeded {timeout_ms} ms binding timeout while resolving name {name}")]
     BindingTimeout { name: Path, timeout_ms: u64 },
     #[error("binding {name} failed: {why}")]
@@ -69,7 +71,7 @@ impl RouterError {
         match self {
             RouterError::Unidentified(_) => StatusCode::BAD_REQUEST,
             RouterError::BadOverride(OverrideError::TooLarge { .. }) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            RouterError::BadOverride(_) => StatusCode::BAD_REQUEST,
+            RouterError::BadOverride(_) | RouterError::RequestBody { .. } => StatusCode::BAD_REQUEST,
             RouterError::BindingTimeout { .. }
             | RouterError::TotalTimeout { .. }
             | RouterError::AttemptTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,

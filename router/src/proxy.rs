@@ -41,6 +41,7 @@ pub(crate) struct ProxySettings {
     pub(crate) classifier: Arc<ClassifierConfig>,
     pub(crate) max_override_bytes: usize,
     pub(crate) max_retries: u32,
+    pub(crate) max_replay_body_bytes: u64,
 }
 
 /// What every listener shares: the bindings, naming and settings.
@@ -411,6 +412,7 @@ impl Proxy {
         started: Instant,
         why: &mut Explanation,
     ) -> Result<Response<ResponseBody>, RouterError> {
+        self.keep_small_body(out).await?;
         let route = &out.route;
         let (replayable, grpc, http2) = (out.replayable, out.grpc, out.http2);
         why.retryable = false;
@@ -438,7 +440,10 @@ impl Proxy {
             if let Some(residual) = residual {
                 attempt_parts.headers.insert(L5D_DST_RESIDUAL, residual.clone());
             }
-            let attempt_body = out.body.take().unwrap_or(RequestBody::Empty);
+            let attempt_body = match &out.body {
+                Some(kept @ RequestBody::Buffered { .. }) if may_retry => kept.replay(),
+                _ => out.body.take().unwrap_or(RequestBody::Empty),
+            };
             let request = Request::from_parts(attempt_parts, attempt_body);
 
             let in_flight = endpoint.start();
@@ -543,6 +548,26 @@ impl Proxy {
             why.retryable = safe;
             return Err(error);
         }
+    }
+
+    /// Reads a small request body whole (see `max_replay_body_bytes`), so that the request
+    /// can be sent again. gRPC calls and upgrades keep streaming.
+    async fn keep_small_body(&self, out: &mut Outbound) -> Result<(), RouterError> {
+        let small =
+            out.parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let fits = small.is_some_and(|n| n <= self.settings.max_replay_body_bytes);
+        if out.replayable || !fits || out.grpc || out.on_upgrade.is_some() {
+            return Ok(());
+        }
+        let Some(RequestBody::Streaming(body)) = out.body.take() else { return Ok(()) };
+        let limit = usize::try_from(self.settings.max_replay_body_bytes).unwrap_or(usize::MAX);
+        let collected = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit))
+            .await
+            .map_err(|e| RouterError::RequestBody { cause: e.to_string() })?;
+        let trailers = collected.trailers().cloned();
+        out.body = Some(RequestBody::Buffered { data: Some(collected.to_bytes()), trailers });
+        out.replayable = true;
+        Ok(())
     }
 
     /// A retry is allowed while time is left and the logical name's budget has one.

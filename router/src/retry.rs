@@ -38,6 +38,11 @@ pub struct RetriesConfig {
     /// cannot spend the whole budget against a failing service.
     #[serde(default = "default_max_per_request")]
     pub max_per_request: u32,
+    /// Requests with a body of at most this many bytes (by `Content-Length`) are read whole
+    /// before they are sent, so that they can be sent again; larger and chunked bodies stream
+    /// and are never retried. Linkerd 1's `streamAfterContentLengthKB`; 0 turns this off.
+    #[serde(default = "default_max_replay_body_bytes")]
+    pub max_replay_body_bytes: u64,
 }
 
 /// A retry budget: retries may add `percent_can_retry` of the requests seen in the last
@@ -127,13 +132,20 @@ fn default_ttl_secs() -> u64 {
 fn default_max_per_request() -> u32 {
     10
 }
+fn default_max_replay_body_bytes() -> u64 {
+    5 * 1024
+}
 fn default_grpc_retryable() -> Vec<u32> {
     vec![14]
 }
 
 impl Default for RetriesConfig {
     fn default() -> Self {
-        RetriesConfig { budget: BudgetConfig::default(), max_per_request: default_max_per_request() }
+        RetriesConfig {
+            budget: BudgetConfig::default(),
+            max_per_request: default_max_per_request(),
+            max_replay_body_bytes: default_max_replay_body_bytes(),
+        }
     }
 }
 

@@ -245,6 +245,46 @@ service:\n  response_classifier:\n    kind: retryable_read_5xx\n  retries:\n    
 }
 
 #[tokio::test]
+async fn small_bodies_are_kept_and_sent_again_large_ones_stream_and_are_not() {
+    let (good, bad) = (upstream("good").await, upstream("bad").await);
+    let (good_big, bad_big) = (upstream("good-big").await, upstream("bad-big").await);
+    bad.fail_with.store(503, Ordering::SeqCst);
+    bad_big.fail_with.store(503, Ordering::SeqCst);
+    let resolver = TestResolver::new("/svc/small => /$/inet/pool/80; /svc/big => /$/inet/bigpool/80");
+    resolver.set_addr("/$/inet/pool/80", Addr::bound([good.addr, bad.addr]));
+    resolver.set_addr("/$/inet/bigpool/80", Addr::bound([good_big.addr, bad_big.addr]));
+    // Every 5xx may be retried; one failure takes an endpoint out for good, so that a retry
+    // goes to the other endpoint.
+    let cfg = config(
+        "client:\n  failure_accrual:\n    kind: consecutive_failures\n    failures: 1\n    min_backoff_ms: 600000\n    max_backoff_ms: 600000\n\
+service:\n  response_classifier:\n    kind: retryable_all_5xx\n  retries:\n    max_replay_body_bytes: 1024\n",
+    );
+    let router = router(cfg, resolver).await;
+    let client = h1();
+    let post = |host: &str, len: usize| {
+        Request::post(format!("http://{}/", router.addr()))
+            .header("host", host)
+            .header("content-length", len.to_string())
+            .body(Full::new(Bytes::from(vec![b'x'; len])))
+            .unwrap()
+    };
+    // Small: read whole, so the POST that met the bad endpoint's 503 is sent again, whole.
+    for _ in 0..10 {
+        let got = send(&client, post("small", 1000)).await;
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+        assert_eq!((got.json()["upstream"].as_str(), got.json()["body_len"].as_u64()), (Some("good"), Some(1000)));
+    }
+    assert_eq!(bad.hits.load(Ordering::SeqCst), 1, "the bad endpoint was tried once, then retried elsewhere");
+    // Large: streamed, so the 503 from the bad endpoint comes back as it is.
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(send(&client, post("big", 4000)).await.status);
+    }
+    assert_eq!(bad_big.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE).count(), 1, "{statuses:?}");
+}
+
+#[tokio::test]
 async fn timeouts_answer_503() {
     let web = upstream("web").await;
     let resolver = TestResolver::new(&format!("/svc/web => {}", web.id()));
