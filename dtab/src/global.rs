@@ -248,6 +248,19 @@ impl InetTarget {
     }
 }
 
+/// The id without its transformer prefix: an id starting with the element `%` loses every
+/// element before the first `#` or `$` one (all of them if there is none), as namerd does
+/// before resolving (`/%/io.l5d.port/4141/#/io.l5d.fs/web` is `/#/io.l5d.fs/web`). Any other id
+/// is returned as it is.
+pub fn strip_transformer_prefix(id: &Path) -> Path {
+    let labels = id.labels();
+    if labels.first().map(Label::as_bytes) != Some(b"%") {
+        return id.clone();
+    }
+    let start = labels.iter().position(|l| matches!(l.as_bytes(), b"#" | b"$")).unwrap_or(labels.len());
+    id.drop(start)
+}
+
 /// Parses an IP literal as Java's `InetAddress.getByName` does: IPv6 (with or without
 /// brackets), and IPv4 in the `inet_aton` forms `a.b.c.d`, `a.b.c`, `a.b` and `a` in decimal
 /// (so `127.1` is `127.0.0.1`).

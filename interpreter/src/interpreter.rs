@@ -11,7 +11,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, debug_span, warn};
-use waymark_dtab::global::{self, InetTarget};
+use waymark_dtab::global::{self, InetTarget, strip_transformer_prefix};
 use waymark_dtab::{
     Addr, Alternatives, BindOptions, BindOutcome, DelegateError, DelegateTree, Dtab, Lookup, MountError, Name,
     NameTree, Namers, Path,
@@ -309,17 +309,6 @@ impl NamespaceResolver {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Removes a leading transformer prefix (`/%/...`) up to the first `#` or `$` label.
-pub fn strip_transformer_prefix(id: &Path) -> Path {
-    if id.first().map(|l| l.as_bytes()) != Some(b"%") {
-        return id.clone();
-    }
-    match id.labels().iter().position(|l| matches!(l.as_bytes(), b"#" | b"$")) {
-        Some(i) => id.drop(i),
-        None => id.clone(),
-    }
 }
 
 /// Publishes `value` unless it equals the current one.

@@ -18,8 +18,6 @@ mod resolver;
 
 pub use dns::{Dns, DnsFailure};
 pub use dtabs::{DtabSource, FixedDtabs};
-pub use interpreter::{
-    Interpreter, InterpreterMetrics, InterpreterOptions, NamespaceResolver, strip_transformer_prefix,
-};
+pub use interpreter::{Interpreter, InterpreterMetrics, InterpreterOptions, NamespaceResolver};
 pub use namers::{ConfigProblem, NamerConfig, ServiceNamer};
 pub use resolver::{BindState, Resolver};

@@ -8,7 +8,7 @@
 //! prefix, which [`strip_transformer_prefix`] removes before the id is resolved.
 
 use tonic::Status;
-use waymark_dtab::{Dtab, Label, NameTree, Path};
+use waymark_dtab::{Dtab, NameTree, Path};
 
 use crate::convert::ConvertError;
 use crate::mesh;
@@ -107,18 +107,7 @@ pub fn replicas_id(req: &mesh::ReplicasReq) -> Result<Path, mesh::Replicas> {
     }
 }
 
-/// The id without its transformer prefix: an id starting with the element `%` loses every
-/// element before the first `#` or `$` one (all of them if there is none), as namerd does
-/// before resolving (`/%/io.l5d.port/4141/#/io.l5d.fs/web` is `/#/io.l5d.fs/web`). Any other id
-/// is returned as it is.
-pub fn strip_transformer_prefix(id: &Path) -> Path {
-    let labels = id.labels();
-    if labels.first().map(Label::as_bytes) != Some(b"%") {
-        return id.clone();
-    }
-    let start = labels.iter().position(|l| matches!(l.as_bytes(), b"#" | b"$")).unwrap_or(labels.len());
-    id.drop(start)
-}
+pub use waymark_dtab::global::strip_transformer_prefix;
 
 /// A root path naming `namespace`, as clients send it. An empty namespace gives a root the
 /// server rejects.
