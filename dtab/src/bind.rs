@@ -238,16 +238,6 @@ impl Namers {
         Ok(())
     }
 
-    /// The mount prefixes, in order.
-    pub fn prefixes(&self) -> impl Iterator<Item = &Path> {
-        self.mounts.iter().map(|(p, _)| p)
-    }
-
-    /// The namer mounted at exactly `prefix`.
-    pub fn get(&self, prefix: &Path) -> Option<&Arc<dyn Namer>> {
-        self.mounts.iter().find(|(p, _)| p == prefix).map(|(_, n)| n)
-    }
-
     /// Asks the namers about `path`, as Linkerd does once the dtab had nothing to say: each
     /// configured namer whose prefix matches, in order, until one gives an answer other than
     /// `Neg`; then the built-in `/$/` namers. Bound ids come back with the mount prefix. Also

@@ -296,18 +296,6 @@ impl Prefix {
                 PrefixElem::Label(l) => l == label,
             })
     }
-
-    /// The prefix as a plain path, when it holds no `*`.
-    pub fn as_path(&self) -> Option<Path> {
-        self.0
-            .iter()
-            .map(|e| match e {
-                PrefixElem::Label(l) => Some(l.clone()),
-                PrefixElem::Any => None,
-            })
-            .collect::<Option<Vec<_>>>()
-            .map(Path::from_labels)
-    }
 }
 
 impl From<&Path> for Prefix {

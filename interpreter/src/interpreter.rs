@@ -200,12 +200,6 @@ impl Interpreter {
         rx
     }
 
-    /// Binds once, from the current state, without keeping anything.
-    pub fn bind_now(&self, namespace: &str, path: &Path, local: &Dtab) -> BindState {
-        let base = self.inner.dtabs.watch(namespace).borrow().clone().unwrap_or_default();
-        self.inner.bind_once(&base.concat(local), path, Alternatives::First).0
-    }
-
     /// Watches the address set of a concrete bound id. A transformer prefix (`/%/...` up to
     /// the first `#` or `$` label) is ignored, as namerd does.
     pub fn resolve(&self, id: &Path) -> watch::Receiver<Addr> {
@@ -229,16 +223,6 @@ impl Interpreter {
     pub fn delegate(&self, namespace: &str, path: &Path, local: &Dtab) -> Result<DelegateTree, DelegateError> {
         let base = self.inner.dtabs.watch(namespace).borrow().clone().unwrap_or_default();
         waymark_dtab::delegate(&base.concat(local), &self.inner.namers, path, self.inner.options.max_depth)
-    }
-
-    /// The delegation tree for `path` through `dtab` alone (no namespace).
-    pub fn delegate_with(&self, dtab: &Dtab, path: &Path) -> Result<DelegateTree, DelegateError> {
-        waymark_dtab::delegate(dtab, &self.inner.namers, path, self.inner.options.max_depth)
-    }
-
-    /// Binds once through `dtab` alone (no namespace), from the current state.
-    pub fn bind_with(&self, dtab: &Dtab, path: &Path) -> BindState {
-        self.inner.bind_once(dtab, path, Alternatives::First).0
     }
 
     /// The concrete names the enumerating namers know, as full ids (`/#/io.l5d.fs/web`).
@@ -297,13 +281,6 @@ impl Resolver for NamespaceResolver {
 
     fn resolve(&self, id: &Path) -> watch::Receiver<Addr> {
         self.interpreter.resolve(id)
-    }
-}
-
-impl NamespaceResolver {
-    /// The interpreter behind this view.
-    pub fn interpreter(&self) -> &Interpreter {
-        &self.interpreter
     }
 }
 
