@@ -702,11 +702,13 @@ impl Shared {
                 Some(VersionedDtab { version: revision_version(kv.mod_revision()), dtab })
             }
             Err(error) => {
-                if broken.get(ns) != Some(&kv.mod_revision()) {
+                let first_report = broken.insert(ns.clone(), kv.mod_revision()) != Some(kv.mod_revision());
+                if first_report {
                     warn!(namespace = %ns, revision = kv.mod_revision(), %error, "etcd value does not parse; keeping its last good dtab");
+                    // The gauge first, so that whoever sees the failure counted sees it in force.
+                    self.parse_failures.set_invalid(broken.len());
                     self.parse_failures.record_failure();
                 }
-                broken.insert(ns.clone(), kv.mod_revision());
                 None
             }
         }

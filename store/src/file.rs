@@ -533,10 +533,10 @@ impl Shared {
         }
         {
             let mut broken = self.lock_broken(&hub);
+            let failures = scan.newly_broken.len();
             for (ns, version, error) in scan.newly_broken {
                 let file = self.dtab_path(&ns);
                 warn!(namespace = %ns, file = %file.display(), %error, "dtab file does not parse; keeping its last good dtab");
-                self.parse_failures.record_failure();
                 broken.insert(ns, version);
             }
             for ns in &scan.parsed {
@@ -545,7 +545,11 @@ impl Shared {
                 }
             }
             broken.retain(|ns, _| scan.present.contains(ns));
+            // The gauge first, so that whoever sees a failure counted sees it in force.
             self.parse_failures.set_invalid(broken.len());
+            for _ in 0..failures {
+                self.parse_failures.record_failure();
+            }
         }
         hub.replace_all(scan.values);
         self.set_health(true, None);
