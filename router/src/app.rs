@@ -128,6 +128,7 @@ impl App {
             max_override_bytes: config.max_override_bytes,
             max_retries: config.service.retries.max_per_request,
             max_replay_body_bytes: config.service.retries.max_replay_body_bytes,
+            enforce_deadline: config.service.enforce_deadline,
         };
         let proxy = Arc::new(Proxy { routes: routes.clone(), naming: naming.clone(), settings });
 
@@ -154,6 +155,7 @@ impl App {
                 proxy: proxy.clone(),
                 identifiers: identifiers.iter().map(|i| i.build(&prefix)).collect(),
                 trusted: listener.is_trusted(),
+                max_call_depth: listener.max_call_depth,
                 empty_dtab: Dtab::empty(),
             });
             listeners.push((socket, tls, view, listener_metrics));

@@ -16,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::balance::InFlight;
+use crate::context::{L5D_SUCCESS_CLASS, has_l5d, strip_l5d};
 use crate::metrics::{ClientMetrics, ServiceMetrics};
 use crate::retry::{Class, ClassifierConfig};
 
@@ -44,6 +45,8 @@ pub struct ResponseBody {
     in_flight: Option<InFlight>,
     /// A gRPC call whose status comes in the trailers: counted when they arrive.
     grpc: Option<Box<GrpcOutcome>>,
+    /// Going out through an untrusted listener: trailers lose their `l5d-*` fields too.
+    strip_l5d_trailers: bool,
 }
 
 /// Metrics of a gRPC call waiting for its `grpc-status` trailer.
@@ -60,15 +63,23 @@ impl GrpcOutcome {
         GrpcOutcome { classifier, client, client_latency: latency, service: None }
     }
 
-    /// Records the call: by its trailers, or as a failure when it ended without any.
-    fn finish(self, trailers: Option<&HeaderMap>) {
-        let class = match trailers {
+    /// Records the call: by its trailers, or as a failure when it ended without any. For its
+    /// logical name, a router further down the path has the last word (`l5d-success-class`
+    /// in the trailers), and the verdict is added to the trailers for routers before this one.
+    fn finish(self, trailers: Option<&mut HeaderMap>) {
+        let class = match &trailers {
             Some(trailers) => self.classifier.classify_trailers(trailers),
             None => Class::Failure { retryable: false },
         };
         self.client.record(StatusCode::OK, class, self.client_latency);
         if let Some((service, latency)) = &self.service {
-            service.record(StatusCode::OK, class, *latency);
+            let verdict = trailers.as_deref().and_then(Class::from_success_class).unwrap_or(class);
+            service.record(StatusCode::OK, verdict, *latency);
+            if let Some(trailers) = trailers
+                && !trailers.contains_key(L5D_SUCCESS_CLASS)
+            {
+                trailers.insert(L5D_SUCCESS_CLASS, verdict.success_class_value());
+            }
         }
     }
 }
@@ -127,23 +138,28 @@ impl ResponseBody {
     /// A body of `bytes`, made by the router itself.
     pub(crate) fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
-        ResponseBody { kind: ResponseKind::Full((!bytes.is_empty()).then_some(bytes)), in_flight: None, grpc: None }
+        ResponseBody { kind: ResponseKind::Full((!bytes.is_empty()).then_some(bytes)), in_flight: None, grpc: None, strip_l5d_trailers: false }
     }
 
     /// An empty body.
     pub(crate) fn empty() -> Self {
-        ResponseBody { kind: ResponseKind::Full(None), in_flight: None, grpc: None }
+        ResponseBody { kind: ResponseKind::Full(None), in_flight: None, grpc: None, strip_l5d_trailers: false }
     }
 
     /// An endpoint's response body, holding `in_flight` until it ends.
     pub(crate) fn upstream(body: Incoming, in_flight: InFlight, grpc: Option<GrpcOutcome>) -> Self {
         let in_flight = (!body.is_end_stream()).then_some(in_flight);
-        ResponseBody { kind: ResponseKind::Upstream(body), in_flight, grpc: grpc.map(Box::new) }
+        ResponseBody { kind: ResponseKind::Upstream(body), in_flight, grpc: grpc.map(Box::new), strip_l5d_trailers: false }
     }
 
     /// True when the call's outcome is only known from its trailers.
     pub(crate) fn awaits_trailers(&self) -> bool {
         self.grpc.is_some()
+    }
+
+    /// Removes every `l5d-*` trailer on the way out (for an untrusted listener).
+    pub(crate) fn strip_l5d_trailers(&mut self) {
+        self.strip_l5d_trailers = true;
     }
 
     /// Counts the call for its logical name too, once its trailers arrive.
@@ -172,13 +188,16 @@ impl Body for ResponseBody {
         match &mut this.kind {
             ResponseKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseKind::Upstream(body) => {
-                let polled = Pin::new(body).poll_frame(cx);
-                match &polled {
+                let mut polled = Pin::new(body).poll_frame(cx);
+                match &mut polled {
                     Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(trailers) = frame.trailers_ref()
-                            && let Some(grpc) = this.grpc.take()
-                        {
-                            grpc.finish(Some(trailers));
+                        if let Some(trailers) = frame.trailers_mut() {
+                            if let Some(grpc) = this.grpc.take() {
+                                grpc.finish(Some(trailers));
+                            }
+                            if this.strip_l5d_trailers && has_l5d(trailers) {
+                                strip_l5d(trailers);
+                            }
                         }
                     }
                     Poll::Ready(None | Some(Err(_))) => {

@@ -21,6 +21,9 @@ pub(crate) const L5D_REQID: HeaderName = HeaderName::from_static("l5d-reqid");
 pub(crate) const L5D_ERR: HeaderName = HeaderName::from_static("l5d-err");
 /// `true` on a router-made error response when the failed request is safe to retry.
 pub(crate) const L5D_RETRYABLE: HeaderName = HeaderName::from_static("l5d-retryable");
+/// On responses: how the router classified it, `1.0` for a success and `0.0` for a failure,
+/// so that routers earlier on the path count it as the one nearest the service did.
+pub(crate) const L5D_SUCCESS_CLASS: HeaderName = HeaderName::from_static("l5d-success-class");
 
 /// Why a request's dtab override was refused.
 #[derive(Debug, thiserror::Error)]

@@ -45,6 +45,14 @@ pub(crate) enum RouterError {
     TotalTimeout { name: Path, timeout_ms: u64 },
     #[error("no response from {addr} within the {timeout_ms} ms attempt timeout")]
     AttemptTimeout { addr: SocketAddr, timeout_ms: u64 },
+    #[error(
+        "exceeded the caller's deadline (l5d-ctx-deadline) for {name}: {remaining_ms} ms were left when the request arrived"
+    )]
+    DeadlineExceeded { name: Path, remaining_ms: u64 },
+    #[error(
+        "the request has passed {depth} proxies (by its Via header), more than the limit of {max}: is a dtab routing it in a loop?"
+    )]
+    CallDepth { depth: usize, max: usize },
 }
 
 /// What the router learnt about a request while routing it, for the error body. The logical
@@ -69,12 +77,13 @@ impl RouterError {
     /// The status Linkerd 1 answers this failure with.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            RouterError::Unidentified(_) => StatusCode::BAD_REQUEST,
+            RouterError::Unidentified(_) | RouterError::CallDepth { .. } => StatusCode::BAD_REQUEST,
             RouterError::BadOverride(OverrideError::TooLarge { .. }) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             RouterError::BadOverride(_) | RouterError::RequestBody { .. } => StatusCode::BAD_REQUEST,
             RouterError::BindingTimeout { .. }
             | RouterError::TotalTimeout { .. }
-            | RouterError::AttemptTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | RouterError::AttemptTimeout { .. }
+            | RouterError::DeadlineExceeded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             RouterError::BindFailed { .. }
             | RouterError::Neg { .. }
             | RouterError::Fail { .. }
@@ -89,12 +98,16 @@ impl RouterError {
         const INVALID_ARGUMENT: u8 = 3;
         const DEADLINE_EXCEEDED: u8 = 4;
         const RESOURCE_EXHAUSTED: u8 = 8;
+        const FAILED_PRECONDITION: u8 = 9;
         const UNAVAILABLE: u8 = 14;
         match self {
             RouterError::Unidentified(_) => INVALID_ARGUMENT,
             RouterError::BadOverride(OverrideError::TooLarge { .. }) => RESOURCE_EXHAUSTED,
             RouterError::BadOverride(_) => INVALID_ARGUMENT,
-            RouterError::TotalTimeout { .. } | RouterError::AttemptTimeout { .. } => DEADLINE_EXCEEDED,
+            RouterError::TotalTimeout { .. }
+            | RouterError::AttemptTimeout { .. }
+            | RouterError::DeadlineExceeded { .. } => DEADLINE_EXCEEDED,
+            RouterError::CallDepth { .. } => FAILED_PRECONDITION,
             _ => UNAVAILABLE,
         }
     }

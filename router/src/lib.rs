@@ -10,6 +10,7 @@ mod admin;
 mod app;
 mod balance;
 mod body;
+mod caller;
 mod client;
 mod config;
 mod context;

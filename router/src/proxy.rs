@@ -19,16 +19,16 @@ use waymark_dtab::{Dtab, Path};
 
 use crate::balance::Endpoint;
 use crate::body::{GrpcOutcome, RequestBody, ResponseBody};
+use crate::caller::{Caller, Deadline, L5D_CTX_DEADLINE, L5D_CTX_TRACE, TraceId, append_via, call_depth, wall_clock_ns};
 use crate::client::UpstreamProtocol;
 use crate::context::{
-    L5D_CTX_DTAB, L5D_DST_CLIENT, L5D_DST_RESIDUAL, L5D_DST_SERVICE, L5D_REQID, L5D_RETRYABLE, has_l5d, strip_l5d,
-    take_override,
+    L5D_CTX_DTAB, L5D_DST_CLIENT, L5D_DST_RESIDUAL, L5D_DST_SERVICE, L5D_REQID, L5D_RETRYABLE, L5D_SUCCESS_CLASS,
+    has_l5d, strip_l5d, take_override,
 };
 use crate::errors::{Explanation, RouterError, chain, respond};
 use crate::identify::{Identified, Identifier, identify};
 use crate::naming::Naming;
 use crate::retry::{Class, ClassifierConfig, Deadlines, is_idempotent};
-use crate::rng;
 use crate::routes::{Choice, Concrete, Endpoints, Route, RouteKey, RouteState, Routes};
 
 /// Settings of the pipeline, from configuration.
@@ -42,6 +42,8 @@ pub(crate) struct ProxySettings {
     pub(crate) max_override_bytes: usize,
     pub(crate) max_retries: u32,
     pub(crate) max_replay_body_bytes: u64,
+    /// Whether the caller's deadline bounds this hop too.
+    pub(crate) enforce_deadline: bool,
 }
 
 /// What every listener shares: the bindings, naming and settings.
@@ -58,6 +60,8 @@ pub(crate) struct ListenerProxy {
     pub(crate) proxy: Arc<Proxy>,
     pub(crate) identifiers: Vec<Identifier>,
     pub(crate) trusted: bool,
+    /// Requests that have passed more proxies than this are refused (a routing loop).
+    pub(crate) max_call_depth: usize,
     pub(crate) empty_dtab: Dtab,
 }
 
@@ -89,36 +93,49 @@ impl ListenerProxy {
     ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
         let started = Instant::now();
         let mut why = Explanation::default();
-        let mut outbound = match self.route(req, &mut why) {
+        let mut outbound = match self.route(req, started, &mut why) {
             Ok(outbound) => outbound,
             Err(failed) => {
                 let (error, name) = *failed;
                 let name = name.as_ref().map(|n| (n, &self.empty_dtab));
-                return Either::Left(std::future::ready(Ok(self.finish(Err(error), &why, name))));
+                let failure = Some(Class::Failure { retryable: false });
+                return Either::Left(std::future::ready(Ok(self.finish(Err(error), &why, name, failure))));
             }
         };
         Either::Right(async move {
             // balance + client, with retries and timeouts.
             let mut result = self.proxy.forward(&mut outbound, started, &mut why).await;
-            self.proxy.record(&outbound.route, &mut result, started.elapsed(), why.grpc);
+            let class = self.proxy.record(&outbound.route, &mut result, started.elapsed(), why.grpc);
             let key = &outbound.route.key;
-            Ok(self.finish(result, &why, Some((&key.name, &key.local))))
+            Ok(self.finish(result, &why, Some((&key.name, &key.local)), class))
         })
     }
 
-    /// The response: errors become responses here, and an edge shows no `l5d-*` header.
+    /// The response: errors become responses here, a trusted listener says how the request
+    /// was classified (`l5d-success-class`, unless its trailers will), and an edge shows no
+    /// `l5d-*` header or trailer.
     fn finish(
         &self,
         result: Result<Response<ResponseBody>, RouterError>,
         why: &Explanation,
         name: Option<(&Path, &Dtab)>,
+        class: Option<Class>,
     ) -> Response<ResponseBody> {
         let mut response = match result {
             Ok(response) => response,
             Err(error) => respond(&error, why, name, &self.proxy.naming.base_dtab(), self.trusted),
         };
-        if !self.trusted && has_l5d(response.headers()) {
-            strip_l5d(response.headers_mut());
+        if self.trusted {
+            if let Some(class) = class
+                && !response.headers().contains_key(L5D_SUCCESS_CLASS)
+            {
+                response.headers_mut().insert(L5D_SUCCESS_CLASS, class.success_class_value());
+            }
+        } else {
+            if has_l5d(response.headers()) {
+                strip_l5d(response.headers_mut());
+            }
+            response.body_mut().strip_l5d_trailers();
         }
         response
     }
@@ -128,12 +145,18 @@ impl ListenerProxy {
     fn route(
         &self,
         mut req: Request<Incoming>,
+        started: Instant,
         why: &mut Explanation,
     ) -> Result<Outbound, Box<(RouterError, Option<Path>)>> {
         why.grpc = is_grpc(req.headers());
         // An edge strips every l5d-* header: clients outside the mesh may not steer routing.
         if !self.trusted && has_l5d(req.headers()) {
             strip_l5d(req.headers_mut());
+        }
+        // A request that has passed this many proxies is going round in circles.
+        let depth = call_depth(req.headers());
+        if depth > self.max_call_depth {
+            return Err(Box::new((RouterError::CallDepth { depth, max: self.max_call_depth }, None)));
         }
 
         // identify: the request's logical name, such as /svc/web.
@@ -147,21 +170,22 @@ impl ListenerProxy {
             Identified::Unidentified(reason) => return Err(Box::new((RouterError::Unidentified(reason), None))),
         };
 
-        // dtab context: l5d-ctx-dtab ++ l5d-dtab, appended to the namespace's dtab.
-        let local = if self.trusted {
+        // dtab context: l5d-ctx-dtab ++ l5d-dtab, appended to the namespace's dtab; and the
+        // caller's deadline and trace.
+        let (local, caller) = if self.trusted {
             match take_override(req.headers_mut(), self.proxy.settings.max_override_bytes) {
-                Ok(local) => local,
+                Ok(local) => (local, Caller::take(req.headers_mut())),
                 Err(e) => return Err(Box::new((e.into(), Some(name)))),
             }
         } else {
-            Dtab::empty()
+            (Dtab::empty(), Caller::default())
         };
 
         // bind: the (name, override) binding, shared by every request that needs it.
         let route = self.proxy.routes.get(RouteKey { name, local });
         route.metrics.requests.inc();
         route.budget.deposit();
-        Ok(self.proxy.outbound(route, req, why.grpc))
+        Ok(self.proxy.outbound(route, req, why.grpc, caller, started))
     }
 }
 
@@ -176,6 +200,8 @@ struct Outbound {
     http2: bool,
     /// No body: the request can be sent again.
     replayable: bool,
+    /// The caller's deadline, when this hop enforces it.
+    caller_deadline: Option<Instant>,
 }
 
 /// How a response counts: a gRPC call by its `grpc-status` when the headers carry one (a
@@ -232,17 +258,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if headers.get(TE).is_some_and(|v| v.as_bytes() != b"trailers") {
         headers.remove(TE);
     }
-}
-
-fn request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = rng::next_u64();
-    let mut buf = [0u8; 16];
-    for b in buf.iter_mut().rev() {
-        *b = HEX[(id & 15) as usize];
-        id >>= 4;
-    }
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// The absolute URI a client needs: the request's own authority (so the destination sees
@@ -352,7 +367,14 @@ impl Proxy {
 
     /// The request as every attempt sends it: hop-by-hop headers gone, the context for the
     /// next hop added, the upstream protocol chosen.
-    fn outbound(&self, route: Arc<Route>, req: Request<Incoming>, grpc: bool) -> Outbound {
+    fn outbound(
+        &self,
+        route: Arc<Route>,
+        req: Request<Incoming>,
+        grpc: bool,
+        caller: Caller,
+        started: Instant,
+    ) -> Outbound {
         let upgrade = is_upgrade(&req);
         let (mut parts, body) = req.into_parts();
         let on_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
@@ -365,8 +387,26 @@ impl Proxy {
             Some(ctx) => headers.insert(L5D_CTX_DTAB, ctx.clone()),
             None => headers.remove(L5D_CTX_DTAB),
         };
-        if !headers.contains_key(L5D_REQID) {
-            headers.insert(L5D_REQID, request_id());
+        // The next hop is a span of the caller's trace, or the first of a new one.
+        let trace = caller.trace.map_or_else(TraceId::root, |trace| trace.child());
+        headers.insert(L5D_CTX_TRACE, trace.header_value());
+        headers.insert(L5D_REQID, trace.request_id());
+        append_via(headers, parts.version);
+        // The deadline passed on is the stricter of the caller's and this hop's total timeout.
+        let mut caller_deadline = None;
+        if caller.deadline.is_some() || self.settings.total_timeout.is_some() {
+            let now_ns = wall_clock_ns();
+            let own = self.settings.total_timeout.map(|timeout| Deadline::after(now_ns, timeout));
+            let passed_on = match (caller.deadline, own) {
+                (Some(theirs), Some(own)) => Some(theirs.combined(own)),
+                (theirs, own) => theirs.or(own),
+            };
+            if let Some(deadline) = passed_on {
+                headers.insert(L5D_CTX_DEADLINE, deadline.header_value());
+            }
+            if self.settings.enforce_deadline {
+                caller_deadline = caller.deadline.map(|theirs| started + theirs.remaining(now_ns));
+            }
         }
 
         let http2 = !upgrade
@@ -379,29 +419,50 @@ impl Proxy {
         // Only a request without a body can be sent again: bodies are streamed, not kept.
         let replayable = body.is_end_stream();
         let body = if replayable { None } else { Some(RequestBody::Streaming(body)) };
-        Outbound { route, parts, body, on_upgrade, grpc, http2, replayable }
+        Outbound { route, parts, body, on_upgrade, grpc, http2, replayable, caller_deadline }
     }
 
-    /// Records a request's outcome for its logical name. gRPC calls whose status comes in
-    /// trailers are recorded when the trailers pass.
+    /// Records a request's outcome for its logical name, and returns how it counted. A router
+    /// further down the path, nearer the service, has the last word (`l5d-success-class`).
+    /// gRPC calls whose status comes in trailers are recorded when the trailers pass.
     fn record(
         &self,
         route: &Route,
         result: &mut Result<Response<ResponseBody>, RouterError>,
         latency: Duration,
         grpc: bool,
-    ) {
+    ) -> Option<Class> {
         match result {
             Ok(response) if response.body().awaits_trailers() => {
                 response.body_mut().record_service_on_trailers(route.metrics.clone(), latency);
+                None
             }
             Ok(response) => {
                 // The method only matters for retry decisions, which are made per attempt.
                 let (status, headers) = (response.status(), response.headers());
-                let class = classify(&self.settings.classifier, &Method::GET, grpc, status, headers);
+                let class = Class::from_success_class(headers)
+                    .unwrap_or_else(|| classify(&self.settings.classifier, &Method::GET, grpc, status, headers));
                 route.metrics.record(status, class, latency);
+                Some(class)
             }
-            Err(error) => route.metrics.record(error.status(), Class::Failure { retryable: false }, latency),
+            Err(error) => {
+                let class = Class::Failure { retryable: false };
+                route.metrics.record(error.status(), class, latency);
+                Some(class)
+            }
+        }
+    }
+
+    /// The error for a request out of time: the caller's deadline when that came first,
+    /// else the total timeout.
+    fn out_of_time(&self, out: &Outbound, started: Instant) -> RouterError {
+        let name = out.route.key.name.clone();
+        match (out.caller_deadline, self.settings.total_timeout) {
+            (Some(theirs), total) if total.is_none_or(|total| theirs <= started + total) => {
+                let remaining_ms = theirs.saturating_duration_since(started).as_millis() as u64;
+                RouterError::DeadlineExceeded { name, remaining_ms }
+            }
+            (_, total) => RouterError::TotalTimeout { name, timeout_ms: total.map_or(0, |t| t.as_millis() as u64) },
         }
     }
 
@@ -419,14 +480,30 @@ impl Proxy {
         let idempotent = is_idempotent(&out.parts.method);
         // Recomputed where needed rather than kept: every byte kept here is kept per request.
         let deadlines = || Deadlines {
-            total: self.settings.total_timeout.map(|t| started + t),
+            total: match (self.settings.total_timeout.map(|t| started + t), out.caller_deadline) {
+                (Some(own), Some(theirs)) => Some(own.min(theirs)),
+                (own, theirs) => own.or(theirs),
+            },
             per_try: self.settings.attempt_timeout,
+        };
+        // Binding waits no longer than the caller does.
+        let binding_deadline = match out.caller_deadline {
+            Some(theirs) => theirs.min(started + self.settings.binding_timeout),
+            None => started + self.settings.binding_timeout,
         };
         let mut retries = 0u32;
 
         loop {
-            let Destination { concrete, residual, endpoint } =
-                self.choose(route, started + self.settings.binding_timeout, why).await?;
+            if out.caller_deadline.is_some_and(|theirs| Instant::now() >= theirs) {
+                return Err(self.out_of_time(out, started));
+            }
+            let Destination { concrete, residual, endpoint } = match self.choose(route, binding_deadline, why).await {
+                Ok(destination) => destination,
+                Err(RouterError::BindingTimeout { .. }) if out.caller_deadline == Some(binding_deadline) => {
+                    return Err(self.out_of_time(out, started));
+                }
+                Err(error) => return Err(error),
+            };
             // A retry takes a copy; the last (or only) attempt takes the original.
             let may_retry = replayable && retries < self.settings.max_retries;
             let mut attempt_parts = if may_retry {
@@ -532,9 +609,8 @@ impl Proxy {
                     );
                     why.attempts.push(format!("{}: timed out", attempt()));
                     if deadlines().total.is_some_and(|t| Instant::now() >= t) {
-                        let timeout_ms = self.settings.total_timeout.map_or(0, |t| t.as_millis() as u64);
                         why.retryable = replayable && idempotent;
-                        return Err(RouterError::TotalTimeout { name: route.key.name.clone(), timeout_ms });
+                        return Err(self.out_of_time(out, started));
                     }
                     let timeout_ms = self.settings.attempt_timeout.map_or(0, |t| t.as_millis() as u64);
                     (RouterError::AttemptTimeout { addr: endpoint.addr, timeout_ms }, replayable && idempotent)

@@ -7,12 +7,14 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+use crate::context::L5D_SUCCESS_CLASS;
 use serde::Deserialize;
 use tokio::time::Instant;
 
 /// Policy for requests by logical name (Linkerd 1's `service` section).
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// The most time a request may take to get response headers, retries included
@@ -25,6 +27,12 @@ pub struct ServiceConfig {
     /// Which responses are failures, and which failures may be retried.
     #[serde(default)]
     pub response_classifier: ClassifierConfig,
+    /// Whether the caller's deadline (`l5d-ctx-deadline`, from an earlier router's total
+    /// timeout) also bounds this hop: a request whose deadline has passed is answered with a
+    /// 503 at once, and no attempt outlives it. Linkerd 1 only passes the deadline on; turn
+    /// this off to do the same (for example across hosts whose clocks disagree).
+    #[serde(default = "default_enforce_deadline")]
+    pub enforce_deadline: bool,
 }
 
 /// Retry settings (Linkerd 1's `service.retries`).
@@ -102,6 +110,21 @@ pub(crate) enum Class {
     Failure { retryable: bool },
 }
 
+impl Class {
+    /// The verdict of a router further down the path, from its `l5d-success-class`: more
+    /// than 0 is a success, anything else (a value that is not a number too) a failure.
+    pub(crate) fn from_success_class(headers: &HeaderMap) -> Option<Class> {
+        let value = headers.get(&L5D_SUCCESS_CLASS)?;
+        let success = value.to_str().ok().and_then(|v| v.trim().parse::<f64>().ok()).is_some_and(|v| v > 0.0);
+        Some(if success { Class::Success } else { Class::Failure { retryable: false } })
+    }
+
+    /// This verdict as `l5d-success-class` writes it.
+    pub(crate) fn success_class_value(self) -> HeaderValue {
+        HeaderValue::from_static(if self == Class::Success { "1.0" } else { "0.0" })
+    }
+}
+
 /// A retry budget over a sliding window of one-second slots; lock-free, because every
 /// request to a logical name deposits into it.
 #[derive(Debug)]
@@ -135,8 +158,22 @@ fn default_max_per_request() -> u32 {
 fn default_max_replay_body_bytes() -> u64 {
     5 * 1024
 }
+fn default_enforce_deadline() -> bool {
+    true
+}
 fn default_grpc_retryable() -> Vec<u32> {
     vec![14]
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            total_timeout_ms: None,
+            retries: RetriesConfig::default(),
+            response_classifier: ClassifierConfig::default(),
+            enforce_deadline: default_enforce_deadline(),
+        }
+    }
 }
 
 impl Default for RetriesConfig {

@@ -48,6 +48,10 @@ pub struct ListenerConfig {
     /// Serve TLS; HTTP/2 is then offered through ALPN (`h2`), next to HTTP/1.1.
     #[serde(default)]
     pub tls: Option<ListenerTlsConfig>,
+    /// The most proxies, counted from the `Via` header, a request may have passed before it
+    /// is refused with a 400: what stops a routing loop (Linkerd 1's `maxCallDepth`).
+    #[serde(default = "default_max_call_depth")]
+    pub max_call_depth: usize,
 }
 
 /// A listener's certificate (Linkerd 1's server `tls`).
@@ -112,6 +116,9 @@ fn default_ip() -> IpAddr {
 fn default_port() -> u16 {
     4140
 }
+fn default_max_call_depth() -> usize {
+    1000
+}
 
 impl Default for ListenerConfig {
     fn default() -> Self {
@@ -123,6 +130,7 @@ impl Default for ListenerConfig {
             identifier: None,
             dst_prefix: None,
             tls: None,
+            max_call_depth: default_max_call_depth(),
         }
     }
 }
@@ -136,6 +144,9 @@ impl ListenerConfig {
     pub(crate) fn problems(&self, at: &str, out: &mut Vec<String>) {
         if self.name.is_empty() {
             out.push(format!("{at}.name: may not be empty"));
+        }
+        if self.max_call_depth == 0 {
+            out.push(format!("{at}.max_call_depth: must be at least 1"));
         }
         if let Some(prefix) = &self.dst_prefix
             && let Err(e) = prefix.parse::<waymark_dtab::Path>()
