@@ -138,7 +138,12 @@ impl ResponseBody {
     /// A body of `bytes`, made by the router itself.
     pub(crate) fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
-        ResponseBody { kind: ResponseKind::Full((!bytes.is_empty()).then_some(bytes)), in_flight: None, grpc: None, strip_l5d_trailers: false }
+        ResponseBody {
+            kind: ResponseKind::Full((!bytes.is_empty()).then_some(bytes)),
+            in_flight: None,
+            grpc: None,
+            strip_l5d_trailers: false,
+        }
     }
 
     /// An empty body.
@@ -149,7 +154,12 @@ impl ResponseBody {
     /// An endpoint's response body, holding `in_flight` until it ends.
     pub(crate) fn upstream(body: Incoming, in_flight: InFlight, grpc: Option<GrpcOutcome>) -> Self {
         let in_flight = (!body.is_end_stream()).then_some(in_flight);
-        ResponseBody { kind: ResponseKind::Upstream(body), in_flight, grpc: grpc.map(Box::new), strip_l5d_trailers: false }
+        ResponseBody {
+            kind: ResponseKind::Upstream(body),
+            in_flight,
+            grpc: grpc.map(Box::new),
+            strip_l5d_trailers: false,
+        }
     }
 
     /// True when the call's outcome is only known from its trailers.

@@ -281,7 +281,7 @@ mod tests {
         assert_eq!(call_depth(&h), 3);
         append_via(&mut h, Version::HTTP_2);
         assert_eq!(call_depth(&h), 4);
-        assert_eq!(h.get_all(VIA).iter().last().unwrap(), "2 waymark");
+        assert_eq!(h.get_all(VIA).iter().next_back().unwrap(), "2 waymark");
         assert_eq!(call_depth(&HeaderMap::new()), 0);
     }
 }

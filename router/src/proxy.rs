@@ -19,7 +19,9 @@ use waymark_dtab::{Dtab, Path};
 
 use crate::balance::Endpoint;
 use crate::body::{GrpcOutcome, RequestBody, ResponseBody};
-use crate::caller::{Caller, Deadline, L5D_CTX_DEADLINE, L5D_CTX_TRACE, TraceId, append_via, call_depth, wall_clock_ns};
+use crate::caller::{
+    Caller, Deadline, L5D_CTX_DEADLINE, L5D_CTX_TRACE, TraceId, append_via, call_depth, wall_clock_ns,
+};
 use crate::client::UpstreamProtocol;
 use crate::context::{
     L5D_CTX_DTAB, L5D_DST_CLIENT, L5D_DST_RESIDUAL, L5D_DST_SERVICE, L5D_REQID, L5D_RETRYABLE, L5D_SUCCESS_CLASS,

@@ -43,11 +43,14 @@ async fn unary_and_streaming_calls_and_their_statuses_pass_through() {
 
     let ok = health.check(HealthCheckRequest { service: "echo".into() }).await.unwrap();
     assert_eq!(ok.get_ref().status, Wire::Serving as i32);
+    // The router's verdict rides in the trailers, where the call's status is.
+    assert_eq!(ok.metadata().get("l5d-success-class").map(|v| v.to_str().unwrap()), Some("1.0"));
 
     // An error status travels back in the trailers (grpc-status 5, NOT_FOUND).
     let missing = health.check(HealthCheckRequest { service: "nope".into() }).await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
     assert!(missing.metadata().get("l5d-err").is_none(), "the error is the service's, not the router's");
+    assert_eq!(missing.metadata().get("l5d-success-class").map(|v| v.to_str().unwrap()), Some("0.0"));
     // Metrics classify calls by the grpc-status trailer: one success, one failure so far.
     let (_, metrics) = admin_get(router.admin, "/metrics").await;
     let line = |class: &str| {
@@ -85,4 +88,25 @@ async fn router_errors_reach_grpc_clients_as_statuses() {
     assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
     assert!(failed.message().contains("no endpoints available for /svc/grpc.health.v1.Health"), "{failed:?}");
     assert!(failed.metadata().get("l5d-err").is_some());
+}
+
+#[tokio::test]
+async fn an_untrusted_listener_lets_no_l5d_field_out_in_trailers_either() {
+    let (upstream, _reporter, _server) = grpc_upstream().await;
+    let dtab = format!("/svc/grpc.health.v1.Health => /$/inet/127.0.0.1/{}", upstream.port());
+    let cfg = config("identifier:\n  - kind: grpc\nlisteners:\n  - port: 0\n    trusted: false\n");
+    let router = router(cfg, TestResolver::new(&dtab)).await;
+    let mut health = client(router.addr()).await;
+    let ok = health.check(HealthCheckRequest { service: "echo".into() }).await.unwrap();
+    assert_eq!(ok.get_ref().status, Wire::Serving as i32);
+    let l5d: Vec<_> = ok
+        .metadata()
+        .keys()
+        .filter_map(|key| match key {
+            tonic::metadata::KeyRef::Ascii(key) if key.as_str().starts_with("l5d-") => Some(key.to_string()),
+            _ => None,
+        })
+        .collect();
+    // A trusted listener sends l5d-success-class in these trailers (see above); this one not.
+    assert_eq!(l5d, Vec::<String>::new(), "{:?}", ok.metadata());
 }

@@ -144,7 +144,8 @@ impl Upstream {
     }
 }
 
-/// Starts an upstream. Requests may ask for `x-delay-ms` and `x-status`; the response body
+/// Starts an upstream. Requests may ask for `x-delay-ms`, `x-status` and a response header
+/// (`x-respond-with: name=value`); the response body
 /// is JSON: `{"upstream", "version", "headers": {name: value}, "body_len"}`; a request with
 /// `Upgrade: echo` is switched and then echoes bytes.
 pub async fn upstream(name: &str) -> Upstream {
@@ -199,9 +200,16 @@ async fn handle(
         resp.headers_mut().insert("upgrade", "echo".parse().unwrap());
         return Ok(resp);
     }
+    // A header sent several times shows as its values joined with ", ".
     let mut headers = serde_json::Map::new();
     for (k, v) in req.headers() {
-        headers.insert(k.to_string(), v.to_str().unwrap_or("?").into());
+        let v = v.to_str().unwrap_or("?");
+        match headers.get_mut(k.as_str()) {
+            Some(serde_json::Value::String(seen)) => *seen = format!("{seen}, {v}"),
+            _ => {
+                headers.insert(k.to_string(), v.into());
+            }
+        }
     }
     let version = format!("{:?}", req.version());
     let status = req
@@ -214,6 +222,9 @@ async fn handle(
     let json = serde_json::json!({"upstream": name, "version": version, "headers": headers, "body_len": body.len()});
     let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+    if let Some((name, value)) = headers.get("x-respond-with").and_then(|v| v.as_str()?.split_once('=')) {
+        resp.headers_mut().insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+    }
     resp.headers_mut().insert("x-upstream", name.parse().unwrap());
     resp.headers_mut().insert("l5d-upstream-secret", "internal".parse().unwrap());
     Ok(resp)
