@@ -171,14 +171,21 @@ impl TraceId {
             bytes[i * 8..i * 8 + 8].copy_from_slice(&word.to_be_bytes());
         }
         let len = if self.trace_high.is_some() { 40 } else { 32 };
-        let encoded = STANDARD.encode(&bytes[..len]);
-        HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""))
+        // Encoded on the stack: this runs for every request.
+        let mut encoded = [0u8; 56];
+        let written = STANDARD.encode_slice(&bytes[..len], &mut encoded).unwrap_or(0);
+        HeaderValue::from_bytes(&encoded[..written]).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
     /// The trace id as sixteen hex digits: Linkerd's `l5d-reqid`, the same on every hop of a
     /// request, for finding its lines in the logs of every router it crossed.
     pub(crate) fn request_id(&self) -> HeaderValue {
-        HeaderValue::from_str(&format!("{:016x}", self.trace)).unwrap_or_else(|_| HeaderValue::from_static("0"))
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = [0u8; 16];
+        for (i, digit) in digits.iter_mut().enumerate() {
+            *digit = HEX[((self.trace >> (60 - 4 * i)) & 15) as usize];
+        }
+        HeaderValue::from_bytes(&digits).unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 }
 
