@@ -101,6 +101,9 @@ impl Admin {
     pub fn router(self) -> Router {
         Router::new()
             .route("/metrics", get(metrics))
+            // Linkerd 1's names for the same, so that its dashboards and probes keep working.
+            .route("/admin/metrics/prometheus", get(metrics))
+            .route("/admin/ping", get(|| async { "pong" }))
             .route("/ready", get(ready))
             .route("/live", get(|| async { "live\n" }))
             .route("/logging", get(get_logging).put(put_logging))

@@ -127,15 +127,16 @@ impl NamerApp {
         let timeout = config.interpreter.request_timeout();
         let mut servers = tokio::task::JoinSet::new();
 
+        let api = HttpApi {
+            interpreter: interpreter.clone(),
+            store: store.clone(),
+            shutdown: stop.clone(),
+            metrics: metrics.clone(),
+            request_timeout: timeout,
+        };
         for listener in http {
             info!(addr = ?listener.local_addr().ok(), "namerd HTTP API listening");
-            let api = HttpApi {
-                interpreter: interpreter.clone(),
-                store: store.clone(),
-                shutdown: stop.clone(),
-                metrics: metrics.clone(),
-                request_timeout: timeout,
-            };
+            let api = api.clone();
             let stop = stop.clone();
             servers.spawn(async move {
                 let served = axum::serve(listener, api.router()).with_graceful_shutdown(stop.cancelled_owned()).await;
@@ -172,7 +173,7 @@ impl NamerApp {
             }
         });
         info!(addr = ?admin.local_addr().ok(), "admin listening");
-        let admin_router = Admin::new(registry, ready, log).router();
+        let admin_router = Admin::new(registry, ready, log).router().merge(api.admin_routes());
         let admin_stop = stop.clone();
         servers.spawn(async move {
             let served = axum::serve(admin, admin_router).with_graceful_shutdown(admin_stop.cancelled_owned()).await;

@@ -450,6 +450,26 @@ async fn metrics_and_readiness_on_the_admin_port() {
     let admin = |path: &str| format!("http://{}{path}", namer.admin);
     assert_eq!(c.get(admin("/ready")).send().await.unwrap().text().await.unwrap(), "ready\n");
     assert_eq!(c.get(admin("/live")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(c.get(admin("/admin/ping")).send().await.unwrap().text().await.unwrap(), "pong");
+    // namerd's dashboard delegator, on the admin port.
+    let delegated = c
+        .post(admin("/dtab/delegator.json"))
+        .header("content-type", "application/json")
+        .body(r#"{"namespace":"default","dtab":"/b=>/$/nil","path":"/a"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delegated.status(), StatusCode::OK);
+    let tree: serde_json::Value = serde_json::from_str(&delegated.text().await.unwrap()).unwrap();
+    assert_eq!(tree["path"], "/a");
+    assert_eq!(tree["delegate"]["dentry"]["prefix"], "/a", "{tree}");
+    assert_eq!(tree["delegate"]["delegate"]["type"], "empty", "the request's dtab applies: {tree}");
+    let by_query = c.get(admin("/dtab/delegator.json?namespace=default&path=/a")).send().await.unwrap();
+    let tree: serde_json::Value = serde_json::from_str(&by_query.text().await.unwrap()).unwrap();
+    assert_eq!(tree["delegate"]["path"], "/b", "{tree}");
+    assert_eq!(c.get(admin("/bound-names.json")).send().await.unwrap().text().await.unwrap(), "[]\n");
+    let prometheus = c.get(admin("/admin/metrics/prometheus")).send().await.unwrap().text().await.unwrap();
+    assert!(prometheus.contains("waymark_namer_store_available 1"), "{prometheus}");
     let metrics = c.get(admin("/metrics")).send().await.unwrap().text().await.unwrap();
     for expected in [
         "waymark_namer_http_requests_total{api=\"dtab\",status=\"204\"} 1",

@@ -127,7 +127,7 @@ impl Admin {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<AdminResponse, Infallible> {
         let path = req.uri().path().to_string();
         let response = match (req.method().clone(), path.as_str()) {
-            (Method::GET, "/metrics") => {
+            (Method::GET, "/metrics" | "/admin/metrics/prometheus") => {
                 let mut response = text(StatusCode::OK, self.metrics.encode());
                 response.headers_mut().insert(
                     CONTENT_TYPE,

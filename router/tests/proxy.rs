@@ -405,6 +405,9 @@ async fn admin_reports_metrics_readiness_and_namer_state() {
     assert_eq!(metric(&metrics, "router_namer_connected "), Some(1.0));
     assert_eq!(metric(&metrics, r#"router_dtab_version{namespace="default",version="1"}"#), Some(1.0), "{metrics}");
     assert!(metrics.contains("router_service_request_latency_seconds_bucket"));
+    let (code, linkerd_named) = admin_get(router.admin, "/admin/metrics/prometheus").await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(metric(&linkerd_named, r#"router_service_requests_total{service="/svc/web"}"#), Some(1.0));
     assert_eq!(admin_get(router.admin, "/live").await.0, StatusCode::OK);
     let (code, ready) = admin_get(router.admin, "/ready").await;
     assert_eq!((code, ready.starts_with("ready\n")), (StatusCode::OK, true), "{ready}");

@@ -124,6 +124,16 @@ impl HttpApi {
             .layer(middleware::from_fn_with_state(self.clone(), count_requests))
             .with_state(self)
     }
+
+    /// What namerd's admin port serves besides metrics: `/dtab/delegator.json` (its dashboard's
+    /// delegator; POST `{"namespace", "dtab", "path"}`, or GET with those as parameters) and
+    /// `/bound-names.json`. The same handlers as `/api/1/delegate` and `/api/1/bound-names`.
+    pub fn admin_routes(self) -> Router {
+        Router::new()
+            .route("/dtab/delegator.json", get(names::delegate_query).post(names::delegate_post))
+            .route("/bound-names.json", get(names::bound_names))
+            .with_state(self)
+    }
 }
 
 /// The API a path belongs to, for metric labels.
