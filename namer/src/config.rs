@@ -273,13 +273,27 @@ impl NamerConfig {
             match key.as_str() {
                 "storage" => read(value, "storage", &mut problems, |v| config.storage = v),
                 "namers" => config.namers = read_list(value, "namers", &mut problems),
-                "interfaces" => config.interfaces = read_list(value, "interfaces", &mut problems),
+                "interfaces" => {
+                    // namerd configurations usually list its thrift interface: say what to
+                    // use instead, rather than only that the kind is unknown.
+                    let thrift = kinds_at(&value, THRIFT_INTERFACE);
+                    let first_new = problems.len();
+                    config.interfaces = read_list(value, "interfaces", &mut problems);
+                    for problem in &mut problems[first_new..] {
+                        if thrift.iter().any(|i| problem.at == format!("interfaces[{i}]")) {
+                            problem.message = THRIFT_UNSUPPORTED.to_string();
+                        }
+                    }
+                }
+                "telemetry" => check_telemetry(&value, &mut problems),
                 "admin" => read(value, "admin", &mut problems, |v| config.admin = v),
                 "interpreter" => read(value, "interpreter", &mut problems, |v| config.interpreter = v),
                 "logging" => read(value, "logging", &mut problems, |v| config.logging = v),
                 _ => problems.push(Problem {
                     at: key.clone(),
-                    message: "unknown key; expected storage, namers, interfaces, admin, interpreter or logging".into(),
+                    message:
+                        "unknown key; expected storage, namers, interfaces, admin, interpreter, logging or telemetry"
+                            .into(),
                 }),
             }
         }
@@ -353,6 +367,72 @@ fn read<T: serde::de::DeserializeOwned>(
     match serde_json::from_value(value) {
         Ok(v) => set(v),
         Err(e) => problems.push(Problem { at: at.to_string(), message: e.to_string() }),
+    }
+}
+
+const THRIFT_INTERFACE: &str = "io.l5d.thriftNameInterpreter";
+const THRIFT_UNSUPPORTED: &str = "namerd's thrift interface (io.l5d.thriftNameInterpreter) is not provided: \
+     point Linkerd 1 routers at the io.l5d.mesh interface (interpreter kind io.l5d.mesh) or the \
+     io.l5d.httpController one (io.l5d.namerd.http), and remove this entry";
+/// The Prometheus endpoints the admin port serves, whatever the configuration says.
+const METRICS_PATHS: [&str; 2] = ["/admin/metrics/prometheus", "/metrics"];
+
+/// The positions of the list elements whose `kind` is `kind`.
+fn kinds_at(list: &serde_json::Value, kind: &str) -> Vec<usize> {
+    let items = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    items
+        .iter()
+        .enumerate()
+        .filter(|(_, item)| item.get("kind").and_then(|k| k.as_str()) == Some(kind))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// namerd's `telemetry` section. Metrics are always served in the Prometheus format on the
+/// admin port, so namerd's `io.l5d.prometheus` telemeter is accepted as it stands; anything
+/// that would change or add to that (another path, a name prefix, other telemeters) is a
+/// problem rather than silently ignored.
+fn check_telemetry(value: &serde_json::Value, problems: &mut Vec<Problem>) {
+    let Some(items) = value.as_array() else {
+        problems.push(Problem { at: "telemetry".into(), message: "expected a list".into() });
+        return;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("telemetry[{i}]");
+        let Some(fields) = item.as_object() else {
+            problems.push(Problem { at, message: "expected a mapping with a kind".into() });
+            continue;
+        };
+        match fields.get("kind").and_then(|k| k.as_str()) {
+            Some("io.l5d.prometheus") => {}
+            Some(kind) => {
+                let message = format!(
+                    "the {kind} telemeter is not provided: metrics are served in the Prometheus format on the \
+                     admin port ({})",
+                    METRICS_PATHS.join(" and ")
+                );
+                problems.push(Problem { at, message });
+                continue;
+            }
+            None => {
+                problems.push(Problem { at, message: "missing kind".into() });
+                continue;
+            }
+        }
+        for (key, setting) in fields {
+            match (key.as_str(), setting.as_str()) {
+                ("kind", _) => {}
+                ("path", Some(path)) if METRICS_PATHS.contains(&path) => {}
+                ("path", _) => problems.push(Problem {
+                    at: format!("{at}.path"),
+                    message: format!("metrics are served at {} only", METRICS_PATHS.join(" and ")),
+                }),
+                _ => problems.push(Problem {
+                    at: format!("{at}.{key}"),
+                    message: "not supported; io.l5d.prometheus takes only path".into(),
+                }),
+            }
+        }
     }
 }
 
@@ -441,9 +521,54 @@ interpreter:
     }
 
     #[test]
+    fn a_namerd_configuration_loads_once_its_thrift_interface_is_gone() {
+        let namerd = r#"
+admin:
+  ip: 0.0.0.0
+  port: 9991
+storage:
+  kind: io.l5d.inMemory
+  namespaces:
+    default: |
+      /svc => /#/io.l5d.fs;
+namers:
+- kind: io.l5d.fs
+  rootDir: disco
+interfaces:
+- kind: io.l5d.thriftNameInterpreter
+  ip: 0.0.0.0
+  port: 4100
+- kind: io.l5d.httpController
+  ip: 0.0.0.0
+  port: 4180
+- kind: io.l5d.mesh
+  ip: 0.0.0.0
+  port: 4321
+telemetry:
+- kind: io.l5d.prometheus
+- kind: io.l5d.zipkin
+- kind: io.l5d.prometheus
+  path: /stats
+  prefix: namerd_
+"#;
+        let err = NamerConfig::from_yaml(namerd, "namerd.yaml").unwrap_err();
+        let at: Vec<&str> = err.problems.iter().map(|p| p.at.as_str()).collect();
+        assert_eq!(at, ["interfaces[0]", "telemetry[1]", "telemetry[2].path", "telemetry[2].prefix"], "{err}");
+        assert!(err.problems[1].message.contains("io.l5d.zipkin telemeter is not provided"), "{err}");
+
+        let without_thrift = namerd.replace("- kind: io.l5d.thriftNameInterpreter\n  ip: 0.0.0.0\n  port: 4100\n", "");
+        let kept = without_thrift.split("- kind: io.l5d.zipkin").next().unwrap();
+        let config = NamerConfig::from_yaml(kept, "namerd.yaml").unwrap();
+        assert_eq!(config.interfaces.len(), 2);
+        assert_eq!(config.admin.addr().port(), 9991);
+    }
+
+    #[test]
     fn unknown_keys_and_kinds_are_rejected() {
         let err = NamerConfig::from_yaml("interfaces:\n  - kind: io.l5d.thriftNameInterpreter\n", "x").unwrap_err();
-        assert!(err.problems[0].message.contains("io.l5d.thriftNameInterpreter"), "{err}");
+        assert_eq!(err.problems[0].at, "interfaces[0]");
+        assert!(err.problems[0].message.contains("thrift interface (io.l5d.thriftNameInterpreter) is not provided"));
+        assert!(err.problems[0].message.contains("io.l5d.mesh"), "{err}");
         let err = NamerConfig::from_yaml("admin:\n  prot: 1\n", "x").unwrap_err();
         assert!(err.problems[0].message.contains("prot"), "{err}");
     }
