@@ -398,3 +398,98 @@ async fn bad_input_gets_a_clear_error_and_everything_else_keeps_working() {
         assert_eq!(mesh.ask(&[]).await.unwrap().body, "web v1 -> greeter v1", "after {what}");
     }
 }
+
+/// The files of a namer certificate (from one CA) and of a router certificate (from another,
+/// which the namer requires its clients' certificates to come from).
+struct MeshPki {
+    dir: tempfile::TempDir,
+    namer_ca: waymark_test_support::TestCa,
+    router_ca: waymark_test_support::TestCa,
+}
+
+impl MeshPki {
+    fn new() -> MeshPki {
+        MeshPki {
+            dir: tempfile::tempdir().unwrap(),
+            namer_ca: waymark_test_support::TestCa::new("namers").unwrap(),
+            router_ca: waymark_test_support::TestCa::new("routers").unwrap(),
+        }
+    }
+
+    fn file(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    /// The namer's `tls`: its certificate, and client certificates required.
+    fn namer(&self) -> String {
+        let cert = self.namer_ca.issue(&["namer.mesh.test"]).unwrap();
+        let (cert, key) = (self.file("namer.pem", &cert.cert_pem), self.file("namer.key", &cert.key_pem));
+        let client_ca = self.file("router-ca.pem", self.router_ca.cert_pem());
+        format!("{{cert_path: {cert}, key_path: {key}, client_ca_path: {client_ca}}}")
+    }
+
+    /// A router's `interpreter.tls`, with a certificate from the routers' CA when `member`.
+    fn router(&self, name: &str, member: bool) -> String {
+        let ca = self.file("namer-ca.pem", self.namer_ca.cert_pem());
+        let identity = if member {
+            let cert = self.router_ca.issue(&[name]).unwrap();
+            let (cert, key) =
+                (self.file(&format!("{name}.pem"), &cert.cert_pem), self.file(&format!("{name}.key"), &cert.key_pem));
+            format!(", cert_path: {cert}, key_path: {key}")
+        } else {
+            String::new()
+        };
+        format!("{{ca_path: {ca}, server_name: namer.mesh.test{identity}}}")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routers_bind_through_a_namer_over_mutual_tls_and_one_without_a_certificate_never_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = MeshPki::new();
+    let router_port = free_port();
+    let services = Services::start(dir.path(), router_port);
+    let dtabs = dir.path().join("dtabs");
+    std::fs::create_dir_all(&dtabs).unwrap();
+    let namer = Namer::start_with(dir.path(), "namer", &Storage::Files(dtabs), &services.disco, Some(&pki.namer()));
+    put_dtab(&namer, BASE_DTAB).await;
+    let router = Router::start_with(dir.path(), "router", router_port, namer.mesh, Some(&pki.router("router", true)));
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match ask(&client, &router.url(), &[]).await {
+            Ok(answer) if answer.body == "web v1 -> greeter v1" => break,
+            other => assert!(Instant::now() < deadline, "no route through the TLS namer: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A change made after the router connected reaches it over the same TLS stream.
+    put_dtab(&namer, &format!("{BASE_DTAB};/svc/web=>/svc/web-v2")).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ask(&client, &router.url(), &[]).await.map(|a| a.body) != Ok("web v2 -> greeter v1".into()) {
+        assert!(Instant::now() < deadline, "the change did not arrive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A router without a certificate never binds, and its readiness shows the failure.
+    let stranger =
+        Router::start_with(dir.path(), "stranger", free_port(), namer.mesh, Some(&pki.router("stranger", false)));
+    let ready = format!("http://127.0.0.1:{}/ready", stranger.admin);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let why = loop {
+        let response = client.get(&ready).send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 503, "{text}");
+        if text.contains("last error") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no error reported: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(why.starts_with("not ready: the namer has not answered yet"), "{why}");
+    // Under TLS 1.3 the client learns of the refusal as a broken connection, not an alert.
+    assert!(why.contains("transport error"), "{why}");
+}

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use waymark_admin::{Admin, LogControl, ReadinessCheck};
 use waymark_interpreter::Interpreter;
 use waymark_store::{DtabStore, StoreMetrics};
+use waymark_tls::TlsIncoming;
 
 use crate::config::{InterfaceConfig, NamerConfig};
 use crate::grpc::{LinkerdCompat, Mesh};
@@ -25,10 +26,25 @@ use crate::source::StoreDtabs;
 /// goodbye (or were cut by a load balancer) are noticed.
 const GRPC_KEEPALIVE: Duration = Duration::from_secs(30);
 
+/// A bound port: plain, or accepting TLS connections.
+enum Bound {
+    Plain(TcpListener),
+    Tls(TlsIncoming),
+}
+
+impl Bound {
+    fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Bound::Plain(listener) => listener.local_addr().ok(),
+            Bound::Tls(incoming) => Some(incoming.local_addr()),
+        }
+    }
+}
+
 /// A built namer: the store is open, the namers are running and every port is bound.
 pub struct NamerApp {
-    http: Vec<TcpListener>,
-    mesh: Vec<TcpListener>,
+    http: Vec<Bound>,
+    mesh: Vec<Bound>,
     admin: TcpListener,
     store: Arc<dyn DtabStore>,
     interpreter: Interpreter,
@@ -52,6 +68,14 @@ pub enum StartError {
     /// A namer could not be started.
     #[error("starting the namers: {0}")]
     Namers(String),
+    /// An interface's TLS could not be set up.
+    #[error("interfaces[{index}].tls: {cause}")]
+    Tls {
+        /// The interface's position in the configuration.
+        index: usize,
+        /// Why.
+        cause: waymark_tls::TlsError,
+    },
     /// A port could not be bound.
     #[error("listening on {addr}: {cause}")]
     Listen {
@@ -88,11 +112,27 @@ impl NamerApp {
 
         let mut http = Vec::new();
         let mut mesh = Vec::new();
-        for interface in &config.interfaces {
+        for (index, interface) in config.interfaces.iter().enumerate() {
+            let alpn: &[&[u8]] = match interface {
+                InterfaceConfig::Http { .. } => &[b"h2", b"http/1.1"],
+                InterfaceConfig::Mesh { .. } => &[b"h2"],
+            };
+            let tls = interface
+                .tls()
+                .map(|tls| tls.acceptor(alpn))
+                .transpose()
+                .map_err(|cause| StartError::Tls { index, cause })?;
             let listener = listen(interface.addr()).await?;
+            let bound = match tls {
+                None => Bound::Plain(listener),
+                Some(tls) => Bound::Tls(
+                    TlsIncoming::new(listener, tls)
+                        .map_err(|cause| StartError::Listen { addr: interface.addr(), cause })?,
+                ),
+            };
             match interface {
-                InterfaceConfig::Http { .. } => http.push(listener),
-                InterfaceConfig::Mesh { .. } => mesh.push(listener),
+                InterfaceConfig::Http { .. } => http.push(bound),
+                InterfaceConfig::Mesh { .. } => mesh.push(bound),
             }
         }
         let admin = listen(config.admin.addr()).await?;
@@ -101,12 +141,12 @@ impl NamerApp {
 
     /// The addresses the HTTP API listens on.
     pub fn http_addrs(&self) -> Vec<SocketAddr> {
-        self.http.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.http.iter().filter_map(Bound::local_addr).collect()
     }
 
     /// The addresses the gRPC API listens on.
     pub fn mesh_addrs(&self) -> Vec<SocketAddr> {
-        self.mesh.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.mesh.iter().filter_map(Bound::local_addr).collect()
     }
 
     /// The admin address.
@@ -134,30 +174,42 @@ impl NamerApp {
             metrics: metrics.clone(),
             request_timeout: timeout,
         };
-        for listener in http {
-            info!(addr = ?listener.local_addr().ok(), "namerd HTTP API listening");
-            let api = api.clone();
-            let stop = stop.clone();
+        for bound in http {
+            info!(addr = ?bound.local_addr(), tls = matches!(bound, Bound::Tls(_)), "namerd HTTP API listening");
+            let (router, stop) = (api.clone().router(), stop.clone().cancelled_owned());
             servers.spawn(async move {
-                let served = axum::serve(listener, api.router()).with_graceful_shutdown(stop.cancelled_owned()).await;
+                let served = match bound {
+                    Bound::Plain(listener) => axum::serve(listener, router).with_graceful_shutdown(stop).await,
+                    Bound::Tls(incoming) => {
+                        axum::serve(HttpsListener(incoming), router).with_graceful_shutdown(stop).await
+                    }
+                };
                 if let Err(error) = served {
                     warn!(%error, "HTTP API server failed");
                 }
             });
         }
-        for listener in mesh {
-            info!(addr = ?listener.local_addr().ok(), "io.l5d.mesh gRPC API listening");
+        for bound in mesh {
+            info!(addr = ?bound.local_addr(), tls = matches!(bound, Bound::Tls(_)), "io.l5d.mesh gRPC API listening");
             let routes = Mesh::new(interpreter.clone(), store.clone(), stop.clone(), metrics.clone(), timeout).routes();
-            let stop = stop.clone();
+            let stop = stop.clone().cancelled_owned();
+            let server =
+                tonic::transport::Server::builder().http2_keepalive_interval(Some(GRPC_KEEPALIVE)).add_routes(routes);
             servers.spawn(async move {
-                let served = tonic::transport::Server::builder()
-                    .http2_keepalive_interval(Some(GRPC_KEEPALIVE))
-                    .add_routes(routes)
-                    .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(listener).map_ok(LinkerdCompat::new),
-                        stop.cancelled_owned(),
-                    )
-                    .await;
+                // LinkerdCompat reads HTTP/2 frames, so it goes inside TLS.
+                let served = match bound {
+                    Bound::Plain(listener) => {
+                        let incoming = TcpListenerStream::new(listener).map_ok(LinkerdCompat::new);
+                        server.serve_with_incoming_shutdown(incoming, stop).await
+                    }
+                    Bound::Tls(incoming) => {
+                        let incoming = futures::stream::unfold(incoming, |mut incoming| async move {
+                            let (stream, _) = incoming.accept().await?;
+                            Some((Ok::<_, std::io::Error>(LinkerdCompat::new(stream)), incoming))
+                        });
+                        server.serve_with_incoming_shutdown(incoming, stop).await
+                    }
+                };
                 if let Err(error) = served {
                     warn!(%error, "gRPC API server failed");
                 }
@@ -191,6 +243,26 @@ impl NamerApp {
             warn!(grace_ms = config.admin.shutdown_grace_ms, "requests still in flight at the end of the grace period");
             servers.abort_all();
         }
+    }
+}
+
+/// The HTTP API's TLS connections, for axum.
+struct HttpsListener(TlsIncoming);
+
+impl axum::serve::Listener for HttpsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.0.accept().await {
+            Some(accepted) => accepted,
+            // The accepting task only ends when this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.0.local_addr())
     }
 }
 

@@ -15,6 +15,7 @@ use waymark_admin::LogFormat;
 use waymark_interpreter::namers::validate_all;
 use waymark_interpreter::{InterpreterOptions, NamerConfig as NamerKind};
 use waymark_store::StoreConfig;
+use waymark_tls::ServerTls;
 
 /// The whole namer configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -53,6 +54,10 @@ pub enum InterfaceConfig {
         /// The port to listen on (0 picks a free one).
         #[serde(default = "http_port")]
         port: u16,
+        /// Serve HTTPS (HTTP/1.1 and HTTP/2 through ALPN). With `client_ca_path`, only
+        /// clients with a certificate from those CAs may use the API, and so change routing.
+        #[serde(default)]
+        tls: Option<ServerTls>,
     },
     /// Linkerd 1's `io.l5d.mesh` gRPC API, default 127.0.0.1:4321.
     #[serde(rename = "io.l5d.mesh")]
@@ -63,6 +68,9 @@ pub enum InterfaceConfig {
         /// The port to listen on (0 picks a free one).
         #[serde(default = "mesh_port")]
         port: u16,
+        /// Serve gRPC over TLS (ALPN `h2`), optionally requiring client certificates.
+        #[serde(default)]
+        tls: Option<ServerTls>,
     },
 }
 
@@ -136,8 +144,8 @@ fn default_storage() -> StoreConfig {
 
 fn default_interfaces() -> Vec<InterfaceConfig> {
     vec![
-        InterfaceConfig::Http { ip: loopback(), port: http_port() },
-        InterfaceConfig::Mesh { ip: loopback(), port: mesh_port() },
+        InterfaceConfig::Http { ip: loopback(), port: http_port(), tls: None },
+        InterfaceConfig::Mesh { ip: loopback(), port: mesh_port(), tls: None },
     ]
 }
 
@@ -221,7 +229,16 @@ impl InterfaceConfig {
     /// The address the interface listens on.
     pub fn addr(&self) -> SocketAddr {
         match self {
-            InterfaceConfig::Http { ip, port } | InterfaceConfig::Mesh { ip, port } => SocketAddr::new(*ip, *port),
+            InterfaceConfig::Http { ip, port, .. } | InterfaceConfig::Mesh { ip, port, .. } => {
+                SocketAddr::new(*ip, *port)
+            }
+        }
+    }
+
+    /// The interface's TLS settings, when it serves TLS.
+    pub fn tls(&self) -> Option<&ServerTls> {
+        match self {
+            InterfaceConfig::Http { tls, .. } | InterfaceConfig::Mesh { tls, .. } => tls.as_ref(),
         }
     }
 }

@@ -176,15 +176,19 @@ impl Admin {
 
     fn ready(&self) -> AdminResponse {
         let status = self.naming.status.borrow().clone();
+        let why = status.last_error.as_deref().map(|e| format!("\nlast error: {e}")).unwrap_or_default();
         if !status.ever_reached {
-            return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: the namer has not answered yet\n");
+            return text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: the namer has not answered yet{why}\n"));
         }
         let bindings = self.routes.len();
         if status.reachable {
             text(StatusCode::OK, format!("ready\nbindings: {bindings}\n"))
         } else {
             // Still ready: the router keeps serving its last known routes.
-            text(StatusCode::OK, format!("ready (namer unreachable: serving last known state)\nbindings: {bindings}\n"))
+            text(
+                StatusCode::OK,
+                format!("ready (namer unreachable: serving last known state)\nbindings: {bindings}{why}\n"),
+            )
         }
     }
 

@@ -21,8 +21,9 @@ use crate::metrics::{DtabLabels, ListenerLabels, Metrics};
 use crate::naming::{InterpreterConfig, Naming};
 use crate::proxy::{ListenerProxy, Proxy, ProxySettings};
 use crate::routes::Routes;
-use crate::server::{self, ListenerMetrics, TlsError};
+use crate::server::{self, ListenerMetrics};
 use tokio_rustls::TlsAcceptor;
+use waymark_tls::TlsError;
 
 /// A router, built and bound, ready to run.
 pub struct App {
@@ -89,11 +90,12 @@ impl App {
                 let dtab: Dtab = dtab.parse().map_err(|e| AppError::Naming(format!("dtab: {e}")))?;
                 Naming::standalone(dtab, namers).await.map_err(AppError::Naming)?
             }
-            InterpreterConfig::Mesh { dst, namespace, retry_base_ms, retry_max_ms } => MeshClient::new(
+            InterpreterConfig::Mesh { dst, namespace, retry_base_ms, retry_max_ms, tls } => MeshClient::new(
                 dst,
                 namespace,
                 Duration::from_millis(*retry_base_ms),
                 Duration::from_millis(*retry_max_ms),
+                tls.as_ref(),
                 metrics.clone(),
             )
             .map_err(AppError::Naming)?
@@ -136,9 +138,10 @@ impl App {
         let mut listener_addrs = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
             let tls = match &listener.tls {
-                Some(tls) => {
-                    Some(tls.acceptor().map_err(|source| AppError::Tls { listener: listener.name.clone(), source })?)
-                }
+                Some(tls) => Some(
+                    tls.acceptor(&[b"h2", b"http/1.1"])
+                        .map_err(|source| AppError::Tls { listener: listener.name.clone(), source })?,
+                ),
                 None => None,
             };
             let socket = bind(listener.addr()).await?;

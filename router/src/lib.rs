@@ -36,4 +36,4 @@ pub use identify::IdentifierConfig;
 pub use naming::{Delegator, InterpreterConfig, NamerStatus, Naming};
 pub use retry::{BudgetConfig, ClassifierConfig, RetriesConfig, ServiceConfig};
 pub use routes::BindingCacheConfig;
-pub use server::{ListenerConfig, ListenerTlsConfig, TlsError};
+pub use server::ListenerConfig;

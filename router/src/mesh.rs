@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::Instrument;
 use waymark_dtab::json::DelegateJson;
 use waymark_dtab::{Addr, BoundLeaf, DelegateTree, Dtab, NameTree, Path};
@@ -27,6 +27,7 @@ use waymark_proto::mesh::delegator_client::DelegatorClient;
 use waymark_proto::mesh::interpreter_client::InterpreterClient;
 use waymark_proto::mesh::resolver_client::ResolverClient;
 use waymark_proto::request::{BindRequest, DelegateTreeRequest, dtab_req, replicas_req};
+use waymark_tls::ClientTls;
 
 use crate::metrics::{Metrics, StreamLabels};
 use crate::naming::{Delegator, NamerStatus, Naming};
@@ -91,15 +92,28 @@ impl MeshClient {
         namespace: &str,
         base: Duration,
         max: Duration,
+        tls: Option<&ClientTls>,
         metrics: Arc<Metrics>,
     ) -> Result<MeshClient, String> {
-        let endpoint = Endpoint::from_shared(format!("http://{dst}"))
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{dst}"))
             .map_err(|e| format!("namer address {dst:?}: {e}"))?
             .connect_timeout(Duration::from_secs(3))
             // Detect a dead namer connection even when nothing changes (Linkerd 1 #2219).
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
+        if let Some(tls) = tls {
+            let files = tls.read().map_err(|e| format!("namer TLS: {e}"))?;
+            let host = dst.rsplit_once(':').map_or(dst, |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
+            let mut config = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(files.ca))
+                .domain_name(tls.server_name.as_deref().unwrap_or(host));
+            if let Some((cert, key)) = files.identity {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            endpoint = endpoint.tls_config(config).map_err(|e| format!("namer TLS: {e}"))?;
+        }
         let (status, _) = watch::channel(NamerStatus::default());
         Ok(MeshClient {
             inner: Arc::new(Inner {
@@ -144,6 +158,7 @@ impl Inner {
         let mut never_reached = false;
         let was = self.status.send_if_modified(|s| {
             never_reached = !s.ever_reached;
+            s.last_error = Some(with_causes(error));
             std::mem::replace(&mut s.reachable, false)
         });
         if was {
@@ -152,6 +167,20 @@ impl Inner {
             tracing::warn!(error = %error.message(), code = ?error.code(), "namer not reachable yet; retrying");
         }
     }
+}
+
+/// A status's message and the errors under it, such as why a TLS handshake failed.
+fn with_causes(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let shown = cause.to_string();
+        if !text.contains(&shown) {
+            text = format!("{text}: {shown}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Shares one stream per key: the map holds the sender weakly, the stream task strongly, and

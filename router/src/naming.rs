@@ -4,6 +4,7 @@
 //! Both sit behind [`Resolver`], so the rest of the router does not know which one it has.
 
 use std::sync::Arc;
+use waymark_tls::ClientTls;
 
 use futures::future::BoxFuture;
 use serde::Deserialize;
@@ -32,6 +33,10 @@ pub enum InterpreterConfig {
         /// The longest reconnect delay.
         #[serde(default = "default_retry_max_ms")]
         retry_max_ms: u64,
+        /// Reach the namer over TLS: the CAs its certificate must come from, and this
+        /// router's own certificate when the namer requires one.
+        #[serde(default)]
+        tls: Option<ClientTls>,
     },
     /// No namer: bind with this dtab and the built-in `/$/` namers, for single-node use and
     /// tests.
@@ -55,6 +60,8 @@ pub struct NamerStatus {
     pub dtab: Option<Dtab>,
     /// Its version, when known.
     pub version: Option<String>,
+    /// Why the namer could not be reached the last time it could not, for `/ready`.
+    pub last_error: Option<String>,
 }
 
 /// Delegation through the router's own interpreter.
@@ -98,6 +105,7 @@ impl Default for InterpreterConfig {
             namespace: default_namespace(),
             retry_base_ms: default_retry_base_ms(),
             retry_max_ms: default_retry_max_ms(),
+            tls: None,
         }
     }
 }
@@ -105,7 +113,10 @@ impl Default for InterpreterConfig {
 impl InterpreterConfig {
     pub(crate) fn problems(&self, at: &str, out: &mut Vec<String>) {
         match self {
-            InterpreterConfig::Mesh { dst, namespace, retry_base_ms, retry_max_ms } => {
+            InterpreterConfig::Mesh { dst, namespace, retry_base_ms, retry_max_ms, tls } => {
+                if let Some(tls) = tls {
+                    out.extend(tls.problems(&format!("{at}.tls")));
+                }
                 if dst.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
                     out.push(format!("{at}.dst: {dst:?} is not host:port"));
                 }
@@ -139,7 +150,7 @@ impl Naming {
     /// given; the status says the source is reachable.
     pub fn from_resolver(resolver: Arc<dyn Resolver>, delegator: Option<Arc<dyn Delegator>>) -> Self {
         let (_tx, status) =
-            watch::channel(NamerStatus { reachable: true, ever_reached: true, dtab: None, version: None });
+            watch::channel(NamerStatus { reachable: true, ever_reached: true, ..NamerStatus::default() });
         Naming {
             resolver,
             delegator: delegator.unwrap_or_else(|| Arc::new(NoDelegation)),
@@ -167,6 +178,7 @@ impl Naming {
             ever_reached: true,
             dtab: Some(dtab),
             version: Some("static".to_string()),
+            last_error: None,
         });
         Ok(Naming {
             resolver: Arc::new(interpreter.namespace(STANDALONE_NAMESPACE)),

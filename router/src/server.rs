@@ -45,66 +45,14 @@ pub struct ListenerConfig {
     /// The name prefix for this listener, instead of the router's `dst_prefix`.
     #[serde(default)]
     pub dst_prefix: Option<String>,
-    /// Serve TLS; HTTP/2 is then offered through ALPN (`h2`), next to HTTP/1.1.
+    /// Serve TLS (Linkerd 1's server `tls`); HTTP/2 is then offered through ALPN (`h2`), next
+    /// to HTTP/1.1. With `client_ca_path`, clients must present a certificate from those CAs.
     #[serde(default)]
-    pub tls: Option<ListenerTlsConfig>,
+    pub tls: Option<waymark_tls::ServerTls>,
     /// The most proxies, counted from the `Via` header, a request may have passed before it
     /// is refused with a 400: what stops a routing loop (Linkerd 1's `maxCallDepth`).
     #[serde(default = "default_max_call_depth")]
     pub max_call_depth: usize,
-}
-
-/// A listener's certificate (Linkerd 1's server `tls`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerTlsConfig {
-    /// The certificate chain, PEM, leaf first.
-    pub cert_path: std::path::PathBuf,
-    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1).
-    pub key_path: std::path::PathBuf,
-}
-
-/// A listener's TLS could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// A file could not be read or holds no usable PEM item.
-    #[error("{path}: {message}")]
-    File {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// rustls refused the certificate and key.
-    #[error("the certificate and key do not work together: {0}")]
-    Rustls(#[from] rustls::Error),
-}
-
-impl ListenerTlsConfig {
-    /// A TLS acceptor offering `h2` and `http/1.1` through ALPN.
-    pub(crate) fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
-        use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-        let file_error = |path: &std::path::Path, e: &dyn std::fmt::Display| TlsError::File {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
-        let certs = CertificateDer::pem_file_iter(&self.cert_path)
-            .map_err(|e| file_error(&self.cert_path, &e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| file_error(&self.cert_path, &e))?;
-        if certs.is_empty() {
-            return Err(file_error(&self.cert_path, &"no certificate found"));
-        }
-        let key = PrivateKeyDer::from_pem_file(&self.key_path).map_err(|e| file_error(&self.key_path, &e))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(TlsAcceptor::from(Arc::new(config)))
-    }
 }
 
 fn default_name() -> String {

@@ -82,6 +82,11 @@ pub struct Namer {
 impl Namer {
     /// Starts a namer on fresh ports with `storage` and an `io.l5d.fs` namer over `disco`.
     pub fn start(dir: &Path, name: &str, storage: &Storage, disco: &Path) -> Self {
+        Namer::start_with(dir, name, storage, disco, None)
+    }
+
+    /// The same, with `mesh_tls` (YAML) as the gRPC interface's `tls`.
+    pub fn start_with(dir: &Path, name: &str, storage: &Storage, disco: &Path, mesh_tls: Option<&str>) -> Self {
         let (http, mesh, admin) = (free_port(), free_port(), free_port());
         let storage = match storage {
             Storage::Files(dir) => format!("storage:\n  kind: file\n  dir: {}\n", dir.display()),
@@ -92,9 +97,10 @@ impl Namer {
             &config,
             format!(
                 "{storage}namers:\n  - kind: io.l5d.fs\n    root_dir: {disco}\n    poll_interval_ms: 200\n\
-                 interfaces:\n  - {{kind: io.l5d.httpController, port: {http}}}\n  - {{kind: io.l5d.mesh, port: {mesh}}}\n\
+                 interfaces:\n  - {{kind: io.l5d.httpController, port: {http}}}\n  - {{kind: io.l5d.mesh, port: {mesh}{tls}}}\n\
                  admin: {{port: {admin}}}\nlogging: {{level: warn}}\n",
-                disco = disco.display()
+                disco = disco.display(),
+                tls = mesh_tls.map(|tls| format!(", tls: {tls}")).unwrap_or_default(),
             ),
         )
         .unwrap();
@@ -128,18 +134,24 @@ pub struct Router {
 impl Router {
     /// Starts a router on `port` that binds through the namer's gRPC API at `mesh`.
     pub fn start(dir: &Path, port: u16, mesh: u16) -> Self {
+        Router::start_with(dir, "router", port, mesh, None)
+    }
+
+    /// The same, named `name`, with `tls` (YAML) as its `interpreter.tls`.
+    pub fn start_with(dir: &Path, name: &str, port: u16, mesh: u16, tls: Option<&str>) -> Self {
         let admin = free_port();
-        let config = dir.join("router.yaml");
+        let config = dir.join(format!("{name}.yaml"));
+        let tls = tls.map(|tls| format!("  tls: {tls}\n")).unwrap_or_default();
         std::fs::write(
             &config,
             format!(
                 "listeners:\n  - port: {port}\nadmin:\n  port: {admin}\n\
-                 interpreter:\n  kind: mesh\n  dst: 127.0.0.1:{mesh}\n  namespace: default\n  retry_base_ms: 100\n  retry_max_ms: 1000\n"
+                 interpreter:\n  kind: mesh\n  dst: 127.0.0.1:{mesh}\n  namespace: default\n  retry_base_ms: 100\n  retry_max_ms: 1000\n{tls}"
             ),
         )
         .unwrap();
         let mut process =
-            Process::spawn("router", Command::new(WAYMARK).args(["router", "--log", "warn", "--config"]).arg(&config));
+            Process::spawn(name, Command::new(WAYMARK).args(["router", "--log", "warn", "--config"]).arg(&config));
         wait_listening(&mut process, ([127, 0, 0, 1], port).into());
         Router { process, port, admin }
     }

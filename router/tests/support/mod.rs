@@ -291,6 +291,7 @@ pub fn naming_with_status(resolver: Arc<TestResolver>) -> (Naming, watch::Sender
         ever_reached: true,
         dtab: Some("/svc=>/$/inet/127.0.0.1".parse().unwrap()),
         version: Some("1".into()),
+        last_error: None,
     });
     struct None_;
     impl waymark_router::Delegator for None_ {
