@@ -617,3 +617,46 @@ fn delegate_asks_the_namer_and_prints_a_tree_or_namerds_json() {
     );
     Cli::new(&["delegate", "/a"]).run().code(ERROR).one_line_error("give the dtab");
 }
+
+#[test]
+fn an_https_namer_that_requires_client_certificates_is_reached_with_them_and_only_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (namer_ca, client_ca) =
+        (waymark_test_support::TestCa::new("namers").unwrap(), waymark_test_support::TestCa::new("operators").unwrap());
+    let server = namer_ca.issue(&["127.0.0.1"]).unwrap();
+    let operator = client_ca.issue(&["operator"]).unwrap();
+    let tls = format!(
+        "{{cert_path: {}, key_path: {}, client_ca_path: {}}}",
+        file(dir.path(), "namer.pem", &server.cert_pem),
+        file(dir.path(), "namer.key", &server.key_pem),
+        file(dir.path(), "operators.pem", client_ca.cert_pem()),
+    );
+    let namer = NamerProcess::start_https(&tls);
+    assert!(namer.url.starts_with("https://127.0.0.1:"), "{}", namer.url);
+    let ca = file(dir.path(), "namer-ca.pem", namer_ca.cert_pem());
+    let (cert, key) =
+        (file(dir.path(), "operator.pem", &operator.cert_pem), file(dir.path(), "operator.key", &operator.key_pem));
+    let routes = file(dir.path(), "routes.dtab", ROUTES);
+
+    let with_identity = ["--ca-cert", ca.as_str(), "--cert", cert.as_str(), "--key", key.as_str()];
+    namer.cli(&[&["dtab", "create", "default", &routes][..], &with_identity].concat()).run().ok();
+    assert_eq!(namer.cli(&[&["dtab", "list"][..], &with_identity].concat()).run().ok().stdout, "default\n");
+    // The same, from the environment.
+    let listed = namer
+        .cli(&["dtab", "list"])
+        .env("WAYMARK_NAMER_CA", &ca)
+        .env("WAYMARK_NAMER_CERT", &cert)
+        .env("WAYMARK_NAMER_KEY", &key)
+        .run()
+        .ok();
+    assert_eq!(listed.stdout, "default\n");
+
+    // Without a client certificate the namer will not talk; without the CA the namer is not trusted.
+    // Each says what TLS said.
+    let anonymous = namer.cli(&["dtab", "list", "--ca-cert", &ca]).run().code(UNREACHABLE);
+    anonymous.one_line_error("received fatal alert: CertificateRequired");
+    let untrusted = namer.cli(&["dtab", "list", "--cert", &cert, "--key", &key]).run().code(UNREACHABLE);
+    untrusted.one_line_error("invalid peer certificate: UnknownIssuer");
+    // A certificate without its key is a usage error.
+    namer.cli(&["dtab", "list", "--ca-cert", &ca, "--cert", &cert]).run().code(ERROR);
+}

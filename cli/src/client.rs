@@ -6,7 +6,7 @@
 //! [`Exit::Unreachable`]; each operation then maps the statuses it expects to the exit
 //! statuses in [`crate::exit`].
 
-use std::path::Path as FsPath;
+use std::path::{Path as FsPath, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -57,6 +57,53 @@ pub struct NamerOptions {
     /// Seconds to wait for the namer to connect and to answer.
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30)]
     pub timeout: u64,
+    /// CA certificates (PEM) to trust for an https namer, instead of the usual roots
+    #[arg(long, global = true, value_name = "FILE", env = "WAYMARK_NAMER_CA")]
+    pub ca_cert: Option<PathBuf>,
+    /// A client certificate chain (PEM), for a namer that requires one; with --key
+    #[arg(long, global = true, value_name = "FILE", env = "WAYMARK_NAMER_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM)
+    #[arg(long, global = true, value_name = "FILE", env = "WAYMARK_NAMER_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl NamerOptions {
+    /// The TLS settings the options ask for, or `None` for the defaults.
+    fn tls(&self) -> Result<Option<ureq::tls::TlsConfig>, Failure> {
+        use ureq::tls::{ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+        if self.ca_cert.is_none() && self.cert.is_none() {
+            return Ok(None);
+        }
+        let bad = |path: &FsPath, why: &dyn std::fmt::Display| {
+            Failure::new(Exit::Error, format!("{}: {why}", path.display()))
+        };
+        let read = |path: &FsPath| std::fs::read(path).map_err(|e| bad(path, &e));
+        let certs = |path: &FsPath| -> Result<Vec<ureq::tls::Certificate<'static>>, Failure> {
+            let pem = read(path)?;
+            let mut certs = Vec::new();
+            for item in ureq::tls::parse_pem(&pem) {
+                match item {
+                    Ok(PemItem::Certificate(cert)) => certs.push(cert),
+                    Ok(_) => {}
+                    Err(e) => return Err(bad(path, &e)),
+                }
+            }
+            if certs.is_empty() {
+                return Err(bad(path, &"no certificate found"));
+            }
+            Ok(certs)
+        };
+        let mut config = TlsConfig::builder();
+        if let Some(ca) = &self.ca_cert {
+            config = config.root_certs(RootCerts::new_with_certs(&certs(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            let private = PrivateKey::from_pem(&read(key)?).map_err(|e| bad(key, &e))?;
+            config = config.client_cert(Some(ClientCert::new_with_certs(&certs(cert)?, private)));
+        }
+        Ok(Some(config.build()))
+    }
 }
 
 /// A validated base URL: `http` or `https`, a host, and an optional path prefix, without a
@@ -344,8 +391,12 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &str, what: &str) -> Result<
 impl Client {
     /// A client for the namer at `base`, giving up on a connection or an answer after
     /// `timeout`.
-    pub fn new(base: BaseUrl, timeout: Duration) -> Self {
-        let agent = ureq::Agent::config_builder()
+    pub fn new(base: BaseUrl, timeout: Duration, tls: Option<ureq::tls::TlsConfig>) -> Self {
+        let mut config = ureq::Agent::config_builder();
+        if let Some(tls) = tls {
+            config = config.tls_config(tls);
+        }
+        let agent = config
             .http_status_as_error(false)
             .timeout_resolve(Some(timeout))
             .timeout_connect(Some(timeout))
@@ -364,7 +415,7 @@ impl Client {
     pub fn from_options(options: &NamerOptions) -> Result<Self, Failure> {
         let cwd = std::env::current_dir().ok();
         let base = BaseUrl::resolve(options.base_url.as_deref(), &|v| std::env::var(v).ok(), cwd.as_deref())?;
-        Ok(Client::new(base, Duration::from_secs(options.timeout.max(1))))
+        Ok(Client::new(base, Duration::from_secs(options.timeout.max(1)), options.tls()?))
     }
 
     /// The namer's base URL.

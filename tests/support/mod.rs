@@ -14,9 +14,12 @@ use std::process::{Child, Command, Stdio};
 pub const WAYMARK: &str = env!("CARGO_BIN_EXE_waymark");
 
 /// Variables that would point the CLI elsewhere or change its output.
-const CLEARED: [&str; 10] = [
+const CLEARED: [&str; 13] = [
     "WAYMARK_NAMER_URL",
     "NAMERCTL_BASE_URL",
+    "WAYMARK_NAMER_CA",
+    "WAYMARK_NAMER_CERT",
+    "WAYMARK_NAMER_KEY",
     "VISUAL",
     "EDITOR",
     "http_proxy",
@@ -43,12 +46,23 @@ impl NamerProcess {
 
     /// A namer with extra top-level YAML (such as `namers:`).
     pub fn start_with(extra_yaml: &str) -> Self {
+        Self::launch("", extra_yaml)
+    }
+
+    /// A namer whose HTTP API serves HTTPS with `tls` (YAML) as its settings.
+    pub fn start_https(tls: &str) -> Self {
+        let mut namer = Self::launch(&format!(", tls: {tls}"), "");
+        namer.url = namer.url.replacen("http://", "https://", 1);
+        namer
+    }
+
+    fn launch(http_tls: &str, extra_yaml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("namer.yaml");
         std::fs::write(
             &config,
             format!(
-                "interfaces: [{{kind: io.l5d.httpController, port: 0}}, {{kind: io.l5d.mesh, port: 0}}]\n\
+                "interfaces: [{{kind: io.l5d.httpController, port: 0{http_tls}}}, {{kind: io.l5d.mesh, port: 0}}]\n\
                  admin: {{port: 0}}\n\
                  logging: {{level: info, format: json}}\n{extra_yaml}"
             ),
