@@ -173,8 +173,9 @@ impl ListenerProxy {
         };
 
         // dtab context: l5d-ctx-dtab ++ l5d-dtab, appended to the namespace's dtab; and the
-        // caller's deadline and trace.
-        let (local, caller) = if self.trusted {
+        // caller's deadline and trace. Most requests carry no l5d-* header at all (they come
+        // straight from an application), and one look at the names says so.
+        let (local, caller) = if self.trusted && has_l5d(req.headers()) {
             match take_override(req.headers_mut(), self.proxy.settings.max_override_bytes) {
                 Ok(local) => (local, Caller::take(req.headers_mut())),
                 Err(e) => return Err(Box::new((e.into(), Some(name)))),
