@@ -86,6 +86,9 @@ pub enum TlsError {
 
 /// How long a client may take to complete its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most handshakes in progress at once; past it, accepting waits for one to finish, so
+/// that a flood of connections costs bounded memory.
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
     TlsError::File { path: path.display().to_string(), message: message.to_string() }
@@ -184,8 +187,9 @@ impl ClientTls {
 }
 
 /// TLS connections accepted on a listener. Handshakes run concurrently, each in its own task
-/// and bounded by [`HANDSHAKE_TIMEOUT`], so a slow or silent client never holds up the next;
-/// one that fails is logged and dropped. Dropping this stops accepting.
+/// and bounded by [`HANDSHAKE_TIMEOUT`] (and at most [`MAX_PENDING_HANDSHAKES`] at once), so
+/// a slow or silent client never holds up the next; one that fails is logged and dropped.
+/// Dropping this stops accepting.
 #[derive(Debug)]
 pub struct TlsIncoming {
     connections: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
@@ -198,8 +202,10 @@ impl TlsIncoming {
     pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> io::Result<TlsIncoming> {
         let local_addr = listener.local_addr()?;
         let (tx, connections) = mpsc::channel(64);
+        let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
         let accepting = tokio::spawn(async move {
             loop {
+                let Ok(permit) = pending.clone().acquire_owned().await else { return };
                 let (tcp, peer) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -211,7 +217,9 @@ impl TlsIncoming {
                 };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    drop(permit);
+                    match handshake {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }
