@@ -115,15 +115,23 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// How often a server looks at its certificate files for a renewed certificate.
+pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
 impl ServerTls {
     /// A TLS acceptor offering `alpn` (such as `h2` and `http/1.1`), requiring client
-    /// certificates when `client_ca_path` is set.
+    /// certificates when `client_ca_path` is set. A certificate and key renewed in place (as
+    /// cert-manager and the like do) are picked up without a restart: see [`ReloadingCert`].
     pub fn acceptor(&self, alpn: &[&[u8]]) -> Result<TlsAcceptor, TlsError> {
-        let certs = read_certs(&self.cert_path)?;
-        let key = read_key(&self.key_path)?;
+        self.acceptor_checking_every(alpn, RELOAD_CHECK_INTERVAL)
+    }
+
+    /// [`ServerTls::acceptor`], looking for renewed files every `interval`.
+    pub fn acceptor_checking_every(&self, alpn: &[&[u8]], interval: Duration) -> Result<TlsAcceptor, TlsError> {
+        let certificate = Arc::new(ReloadingCert::load(&self.cert_path, &self.key_path, interval)?);
         let builder = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
         let mut config = match &self.client_ca_path {
-            None => builder.with_no_client_auth().with_single_cert(certs, key)?,
+            None => builder.with_no_client_auth().with_cert_resolver(certificate),
             Some(ca_path) => {
                 let mut roots = rustls::RootCertStore::empty();
                 for ca in read_certs(ca_path)? {
@@ -132,12 +140,86 @@ impl ServerTls {
                 let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                     .build()
                     .map_err(|e| TlsError::ClientCa { path: ca_path.display().to_string(), message: e.to_string() })?;
-                builder.with_client_cert_verifier(verifier).with_single_cert(certs, key)?
+                builder.with_client_cert_verifier(verifier).with_cert_resolver(certificate)
             }
         };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
+}
+
+/// A server certificate that follows its files. Handshakes read the files at most once per
+/// interval (they are small), and load them again when their bytes changed; a pair
+/// that does not load (a certificate renewed before its key, say) is reported and the last
+/// good one stays in service until the files change again.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    interval: Duration,
+    state: std::sync::Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<rustls::sign::CertifiedKey>,
+    stamp: FileStamps,
+    checked: std::time::Instant,
+}
+
+/// The bytes of the certificate and key files: modification times are too coarse to tell
+/// two quick writes apart.
+type FileStamps = [Option<Vec<u8>>; 2];
+
+impl ReloadingCert {
+    /// Loads the certificate and key, which must load now.
+    pub fn load(cert_path: &Path, key_path: &Path, interval: Duration) -> Result<ReloadingCert, TlsError> {
+        let stamp = stamps(cert_path, key_path);
+        let key = Arc::new(certified_key(cert_path, key_path)?);
+        Ok(ReloadingCert {
+            cert_path: cert_path.to_path_buf(),
+            key_path: key_path.to_path_buf(),
+            interval,
+            state: std::sync::Mutex::new(Loaded { key, stamp, checked: std::time::Instant::now() }),
+        })
+    }
+
+    /// The certificate in service, after loading renewed files if it is time to look.
+    pub fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        let mut loaded = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if loaded.checked.elapsed() >= self.interval {
+            loaded.checked = std::time::Instant::now();
+            let stamp = stamps(&self.cert_path, &self.key_path);
+            if stamp != loaded.stamp {
+                loaded.stamp = stamp;
+                match certified_key(&self.cert_path, &self.key_path) {
+                    Ok(key) => {
+                        tracing::info!(cert = %self.cert_path.display(), "loaded a renewed TLS certificate");
+                        loaded.key = Arc::new(key);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "a changed TLS certificate does not load; keeping the one in service");
+                    }
+                }
+            }
+        }
+        loaded.key.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+fn stamps(cert_path: &Path, key_path: &Path) -> FileStamps {
+    [std::fs::read(cert_path).ok(), std::fs::read(key_path).ok()]
+}
+
+/// A certificate chain and its key, checked to belong together.
+fn certified_key(cert_path: &Path, key_path: &Path) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    Ok(rustls::sign::CertifiedKey::from_der(read_certs(cert_path)?, read_key(key_path)?, &provider())?)
 }
 
 impl ClientTls {
@@ -315,6 +397,62 @@ mod tests {
         let outsider = stranger_ca.issue(&["router"]).unwrap();
         assert!(talk(client(Some(&outsider), "outsider")).await.is_err());
         assert!(talk(client(None, "anonymous")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_renewal_is_not() {
+        let files = Files { dir: tempfile::tempdir().unwrap() };
+        let ca = TestCa::new("servers").unwrap();
+        let (first, second, third) =
+            (ca.issue(&["localhost"]).unwrap(), ca.issue(&["localhost"]).unwrap(), ca.issue(&["localhost"]).unwrap());
+        let tls = ServerTls {
+            cert_path: files.write("server.pem", &first.cert_pem),
+            key_path: files.write("server.key", &first.key_pem),
+            client_ca_path: None,
+        };
+        let acceptor = tls.acceptor_checking_every(&[], Duration::ZERO).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut incoming = TlsIncoming::new(listener, acceptor).unwrap();
+        let addr = incoming.local_addr();
+        tokio::spawn(async move {
+            while let Some((mut tls, _)) = incoming.accept().await {
+                let _ = tls.shutdown().await;
+            }
+        });
+        let client = ClientTls {
+            ca_path: files.write("ca.pem", ca.cert_pem()),
+            server_name: None,
+            cert_path: None,
+            key_path: None,
+        };
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client.client_config(&[]).unwrap()));
+        let served = || async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = connector.connect(name, tcp).await.unwrap();
+            tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+        };
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+
+        assert_eq!(served().await, der(&first.cert_pem));
+        files.write("server.pem", &second.cert_pem);
+        files.write("server.key", &second.key_pem);
+        assert_eq!(served().await, der(&second.cert_pem), "renewed in place");
+        // Half a renewal (a new certificate, the old key) does not load: the last good pair
+        // stays in service, and the renewal is picked up once the key arrives.
+        files.write("server.pem", &third.cert_pem);
+        assert_eq!(served().await, der(&second.cert_pem));
+        files.write("server.key", &third.key_pem);
+        assert_eq!(served().await, der(&third.cert_pem));
+
+        // At start, a pair that does not belong together is refused.
+        let mismatched = ServerTls {
+            cert_path: tls.cert_path.clone(),
+            key_path: files.write("other.key", &first.key_pem),
+            client_ca_path: None,
+        };
+        let Err(error) = mismatched.acceptor(&[]) else { panic!("a certificate with another's key was accepted") };
+        assert!(error.to_string().contains("do not work together"), "{error}");
     }
 
     #[test]
