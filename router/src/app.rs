@@ -159,6 +159,8 @@ impl App {
                 identifiers: identifiers.iter().map(|i| i.build(&prefix)).collect(),
                 trusted: listener.is_trusted(),
                 max_call_depth: listener.max_call_depth,
+                name: listener.name.clone(),
+                refused: metrics.refused_requests.clone(),
                 empty_dtab: Dtab::empty(),
             });
             listeners.push((socket, tls, view, listener_metrics));

@@ -93,6 +93,17 @@ impl RouterError {
         }
     }
 
+    /// Why a request was refused before it was routed, as a metric label.
+    pub(crate) fn refusal(&self) -> &'static str {
+        match self {
+            RouterError::Unidentified(_) => "unidentified",
+            RouterError::BadOverride(OverrideError::TooLarge { .. }) => "override_too_large",
+            RouterError::BadOverride(_) => "bad_override",
+            RouterError::CallDepth { .. } => "call_depth",
+            _ => "other",
+        }
+    }
+
     /// The gRPC status code for this failure, for gRPC calls.
     fn grpc_code(&self) -> u8 {
         const INVALID_ARGUMENT: u8 = 3;

@@ -50,6 +50,12 @@ pub(crate) struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RefusedLabels {
+    pub(crate) listener: String,
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StreamLabels {
     pub(crate) kind: &'static str,
 }
@@ -89,6 +95,7 @@ pub(crate) struct Metrics {
     client_endpoints: Family<ClientLabels, Gauge>,
     pub(crate) server_connections: Family<ListenerLabels, Gauge>,
     pub(crate) server_connections_total: Family<ListenerLabels, Counter>,
+    pub(crate) refused_requests: Family<RefusedLabels, Counter>,
     pub(crate) bindings: Gauge,
     pub(crate) namer_connected: Gauge,
     pub(crate) namer_streams: Family<StreamLabels, Gauge>,
@@ -148,6 +155,7 @@ impl Metrics {
         let client_endpoints = Family::default();
         let server_connections = Family::default();
         let server_connections_total = Family::default();
+        let refused_requests = Family::default();
         let bindings = Gauge::default();
         let namer_connected = Gauge::default();
         let namer_streams = Family::default();
@@ -190,6 +198,11 @@ impl Metrics {
             "Accepted connections, by listener",
             server_connections_total.clone(),
         );
+        r.register(
+            "refused_requests",
+            "Requests refused before they had a logical name or binding, by listener and reason",
+            refused_requests.clone(),
+        );
         r.register("bindings", "Live bindings of (logical name, dtab override)", bindings.clone());
         r.register("namer_connected", "1 while the namer is reachable", namer_connected.clone());
         r.register("namer_streams", "Open streams to the namer, by kind", namer_streams.clone());
@@ -209,6 +222,7 @@ impl Metrics {
             client_endpoints,
             server_connections,
             server_connections_total,
+            refused_requests,
             bindings,
             namer_connected,
             namer_streams,

@@ -13,6 +13,8 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use waymark_dtab::{Dtab, Path};
@@ -29,6 +31,7 @@ use crate::context::{
 };
 use crate::errors::{Explanation, RouterError, chain, respond};
 use crate::identify::{Identified, Identifier, identify};
+use crate::metrics::RefusedLabels;
 use crate::naming::Naming;
 use crate::retry::{Class, ClassifierConfig, Deadlines, is_idempotent};
 use crate::routes::{Choice, Concrete, Endpoints, Route, RouteKey, RouteState, Routes};
@@ -64,6 +67,10 @@ pub(crate) struct ListenerProxy {
     pub(crate) trusted: bool,
     /// Requests that have passed more proxies than this are refused (a routing loop).
     pub(crate) max_call_depth: usize,
+    /// The listener's name, for metrics.
+    pub(crate) name: String,
+    /// Requests refused before routing, by reason.
+    pub(crate) refused: Family<RefusedLabels, Counter>,
     pub(crate) empty_dtab: Dtab,
 }
 
@@ -99,6 +106,8 @@ impl ListenerProxy {
             Ok(outbound) => outbound,
             Err(failed) => {
                 let (error, name) = *failed;
+                let labels = RefusedLabels { listener: self.name.clone(), reason: error.refusal() };
+                self.refused.get_or_create(&labels).inc();
                 let name = name.as_ref().map(|n| (n, &self.empty_dtab));
                 let failure = Some(Class::Failure { retryable: false });
                 return Either::Left(std::future::ready(Ok(self.finish(Err(error), &why, name, failure))));

@@ -138,6 +138,10 @@ async fn a_routing_loop_ends_at_the_call_depth_limit() {
         looped.text()
     );
     assert!(looped.headers.contains_key("l5d-err"));
+    // Refused once, by the hop that found the loop; the hops before it passed the 400 back.
+    let (_, metrics) = admin_get(router.admin, "/metrics").await;
+    let series = r#"router_refused_requests_total{listener="outbound",reason="call_depth"}"#;
+    assert_eq!(metric(&metrics, series), Some(1.0), "{metrics}");
     // Everything else is served.
     let got = get(&client, router.addr(), "web", &[]).await;
     assert_eq!(got.status, StatusCode::OK);

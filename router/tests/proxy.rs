@@ -142,6 +142,12 @@ async fn malformed_and_oversized_overrides_are_refused() {
     assert_eq!(web.hits.load(Ordering::SeqCst), 0);
     let missing = get(&client, router.addr(), "", &[]).await;
     assert_eq!(missing.status, StatusCode::BAD_REQUEST, "unidentified: {}", missing.text());
+    // Each refusal is counted by its reason.
+    let (_, metrics) = admin_get(router.admin, "/metrics").await;
+    for reason in ["bad_override", "override_too_large", "unidentified"] {
+        let series = format!(r#"router_refused_requests_total{{listener="outbound",reason="{reason}"}}"#);
+        assert_eq!(metric(&metrics, &series), Some(1.0), "{series} in\n{metrics}");
+    }
 }
 
 #[tokio::test]
