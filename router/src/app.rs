@@ -56,6 +56,9 @@ pub enum AppError {
         #[source]
         source: TlsError,
     },
+    /// TLS to endpoints could not be set up.
+    #[error("client.tls: {0}")]
+    ClientTls(#[source] TlsError),
     /// A listener could not be bound.
     #[error("could not listen on {addr}: {source}")]
     Bind {
@@ -111,7 +114,7 @@ impl App {
 
     async fn assemble(config: RouterConfig, naming: Naming, metrics: Arc<Metrics>) -> Result<App, AppError> {
         config.validate()?;
-        let client = Arc::new(ClientSettings::new(&config.client));
+        let client = Arc::new(ClientSettings::new(&config.client).map_err(AppError::ClientTls)?);
         let balance = Arc::new(BalanceSettings::new(&config.client.load_balancer, &config.client.failure_accrual));
         let routes = Routes::new(
             naming.resolver.clone(),

@@ -18,9 +18,11 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::{Builder, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::gauge::Gauge;
+use rustls_pki_types::ServerName;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use waymark_tls::{ClientTls, TlsError};
 
 use crate::balance::{FailureAccrualConfig, LoadBalancerConfig};
 use crate::body::RequestBody;
@@ -54,6 +56,12 @@ pub struct ClientConfig {
     /// How requests are spread over endpoints.
     #[serde(default)]
     pub load_balancer: LoadBalancerConfig,
+    /// Talk to endpoints over TLS (Linkerd 1's client `tls`): the CAs their certificates must
+    /// come from, the name they must carry (Linkerd's `commonName`; by default the endpoint's
+    /// IP address), and this router's certificate for endpoints that require one. Two routers
+    /// whose listener asks for client certificates so talk mutual TLS.
+    #[serde(default)]
+    pub tls: Option<ClientTls>,
 }
 
 /// The HTTP version of requests to endpoints. gRPC always goes over HTTP/2, which is the only
@@ -77,6 +85,16 @@ pub(crate) struct ClientSettings {
     h2: Builder,
     connect_timeout: Duration,
     max_connections: usize,
+    tls: Option<Arc<EndpointTls>>,
+}
+
+/// TLS to endpoints: one rustls configuration per protocol, since ALPN must offer only the
+/// protocol the client will speak.
+struct EndpointTls {
+    http1: tokio_rustls::TlsConnector,
+    http2: tokio_rustls::TlsConnector,
+    /// The name every endpoint's certificate must carry, or `None` for its IP address.
+    server_name: Option<ServerName<'static>>,
 }
 
 /// One endpoint's connections. The clients are built on first use: most endpoints of a
@@ -89,7 +107,7 @@ pub(crate) struct EndpointClient {
     h2: OnceLock<Client<Connector, RequestBody>>,
 }
 
-/// Opens TCP connections to one endpoint, whatever URI the request names, so that requests
+/// Opens connections to one endpoint, whatever URI the request names, so that requests
 /// keep their own authority while going to the address the balancer chose.
 #[derive(Debug, Clone)]
 pub(crate) struct Connector {
@@ -97,14 +115,23 @@ pub(crate) struct Connector {
     timeout: Duration,
     slots: Arc<Semaphore>,
     open: Gauge,
+    tls: Option<Arc<EndpointTls>>,
+    /// Which protocol connections are for: with TLS, the one ALPN offers.
+    http2: bool,
 }
 
 /// An open connection to an endpoint, counted while it lives.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    io: TokioIo<TcpStream>,
+    io: Io,
     open: Gauge,
     _slot: OwnedSemaphorePermit,
+}
+
+#[derive(Debug)]
+enum Io {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
 /// A connection could not be made.
@@ -120,6 +147,12 @@ pub(crate) enum ConnectError {
     },
     #[error("no free connection slot to {0} within the connect timeout")]
     Limit(SocketAddr),
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -146,6 +179,7 @@ impl Default for ClientConfig {
             request_attempt_timeout_ms: None,
             failure_accrual: FailureAccrualConfig::default(),
             load_balancer: LoadBalancerConfig::default(),
+            tls: None,
         }
     }
 }
@@ -161,13 +195,22 @@ impl ClientConfig {
         if self.request_attempt_timeout_ms == Some(0) {
             out.push(format!("{at}.request_attempt_timeout_ms: must be more than 0 (or left out)"));
         }
+        if let Some(tls) = &self.tls {
+            out.extend(tls.problems(&format!("{at}.tls")));
+        }
         self.failure_accrual.problems(&format!("{at}.failure_accrual"), out);
         self.load_balancer.problems(&format!("{at}.load_balancer"), out);
     }
 }
 
+impl std::fmt::Debug for EndpointTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointTls").field("server_name", &self.server_name).finish_non_exhaustive()
+    }
+}
+
 impl ClientSettings {
-    pub(crate) fn new(config: &ClientConfig) -> Self {
+    pub(crate) fn new(config: &ClientConfig) -> Result<Self, TlsError> {
         let mut h1 = Client::builder(TokioExecutor::new());
         h1.pool_idle_timeout(Duration::from_millis(config.idle_timeout_ms))
             .pool_max_idle_per_host(config.max_idle_per_endpoint)
@@ -178,12 +221,29 @@ impl ClientSettings {
             // Keep long-lived HTTP/2 connections healthy through middleboxes that drop idle flows.
             .http2_keep_alive_interval(Duration::from_secs(30))
             .http2_keep_alive_timeout(Duration::from_secs(10));
-        ClientSettings {
+        let tls = match &config.tls {
+            None => None,
+            Some(tls) => {
+                let connector = |alpn: &[u8]| -> Result<tokio_rustls::TlsConnector, TlsError> {
+                    Ok(tokio_rustls::TlsConnector::from(Arc::new(tls.client_config(&[alpn])?)))
+                };
+                let server_name = match &tls.server_name {
+                    None => None,
+                    Some(name) => Some(ServerName::try_from(name.clone()).map_err(|e| TlsError::File {
+                        path: "client.tls.server_name".to_string(),
+                        message: format!("{name:?} is not a DNS name or IP address: {e}"),
+                    })?),
+                };
+                Some(Arc::new(EndpointTls { http1: connector(b"http/1.1")?, http2: connector(b"h2")?, server_name }))
+            }
+        };
+        Ok(ClientSettings {
             h1,
             h2,
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             max_connections: config.max_connections_per_endpoint,
-        }
+            tls,
+        })
     }
 }
 
@@ -194,6 +254,8 @@ impl EndpointClient {
             timeout: settings.connect_timeout,
             slots: Arc::new(Semaphore::new(settings.max_connections)),
             open,
+            tls: settings.tls.clone(),
+            http2: false,
         };
         EndpointClient { connector, settings, h1: OnceLock::new(), h2: OnceLock::new() }
     }
@@ -201,7 +263,7 @@ impl EndpointClient {
     /// The client for HTTP/2 (`true`) or HTTP/1.1 requests.
     pub(crate) fn get(&self, http2: bool) -> &Client<Connector, RequestBody> {
         if http2 {
-            self.h2.get_or_init(|| self.settings.h2.build(self.connector.clone()))
+            self.h2.get_or_init(|| self.settings.h2.build(Connector { http2: true, ..self.connector.clone() }))
         } else {
             self.h1.get_or_init(|| self.settings.h1.build(self.connector.clone()))
         }
@@ -233,8 +295,22 @@ impl tower_service::Service<Uri> for Connector {
             };
             // Requests are small and latency matters more than packet count.
             let _ = stream.set_nodelay(true);
+            let io = match &this.tls {
+                None => Io::Plain(TokioIo::new(stream)),
+                Some(tls) => {
+                    let connector = if this.http2 { &tls.http2 } else { &tls.http1 };
+                    let name = tls.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+                    let handshake = tokio::time::timeout(this.timeout, connector.connect(name, stream));
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(source)) => return Err(ConnectError::Tls { addr, source }),
+                        Err(_) => return Err(ConnectError::Timeout(addr)),
+                    };
+                    Io::Tls(Box::new(TokioIo::new(stream)))
+                }
+            };
             this.open.inc();
-            Ok(Conn { io: TokioIo::new(stream), open: this.open, _slot: slot })
+            Ok(Conn { io, open: this.open, _slot: slot })
         })
     }
 }
@@ -251,31 +327,44 @@ impl Connection for Conn {
     }
 }
 
+/// Forwards a call to whichever stream the connection has.
+macro_rules! on_io {
+    ($conn:expr, $io:ident => $call:expr) => {
+        match &mut $conn.io {
+            Io::Plain($io) => $call,
+            Io::Tls($io) => $call,
+        }
+    };
+}
+
 impl hyper::rt::Read for Conn {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        on_io!(self, io => Pin::new(io).poll_read(cx, buf))
     }
 }
 
 impl hyper::rt::Write for Conn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        on_io!(self, io => Pin::new(io).poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        on_io!(self, io => Pin::new(io).poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        on_io!(self, io => Pin::new(io).poll_shutdown(cx))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+        }
     }
 
     fn poll_write_vectored(
@@ -283,7 +372,7 @@ impl hyper::rt::Write for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        on_io!(self, io => Pin::new(io).poll_write_vectored(cx, bufs))
     }
 }
 
@@ -292,7 +381,7 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn test_client(addr: SocketAddr) -> EndpointClient {
-        EndpointClient::new(addr, Arc::new(ClientSettings::new(&ClientConfig::default())), Gauge::default())
+        EndpointClient::new(addr, Arc::new(ClientSettings::new(&ClientConfig::default()).unwrap()), Gauge::default())
     }
 
     #[tokio::test]
@@ -305,6 +394,8 @@ pub(crate) mod tests {
             timeout: Duration::from_millis(200),
             slots: Arc::new(Semaphore::new(1)),
             open: open.clone(),
+            tls: None,
+            http2: false,
         };
         let first = tower_service::Service::call(&mut connector, Uri::from_static("http://x/")).await.unwrap();
         assert_eq!(open.get(), 1);

@@ -579,7 +579,7 @@ mod tests {
         Routes::new(
             Arc::new(Nothing),
             Metrics::new(),
-            Arc::new(ClientSettings::new(&ClientConfig::default())),
+            Arc::new(ClientSettings::new(&ClientConfig::default()).unwrap()),
             Arc::new(BalanceSettings::new(&LoadBalancerConfig::default(), &FailureAccrualConfig::default())),
             BudgetConfig::default(),
             &BindingCacheConfig { max_bindings, idle_ttl_secs },

@@ -79,3 +79,70 @@ async fn a_bad_certificate_is_a_start_up_error() {
         .unwrap_err();
     assert!(err.to_string().contains("cert.pem"), "{err}");
 }
+
+/// A certificate authority for the mesh's routers, and a certificate from it as files.
+struct MeshPki {
+    dir: tempfile::TempDir,
+    ca: waymark_test_support::TestCa,
+}
+
+impl MeshPki {
+    fn file(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    /// `(cert_path, key_path)` of a new router certificate named `router.mesh`.
+    fn router_cert(&self, who: &str) -> (String, String) {
+        let cert = self.ca.issue(&["router.mesh"]).unwrap();
+        (self.file(&format!("{who}.pem"), &cert.cert_pem), self.file(&format!("{who}.key"), &cert.key_pem))
+    }
+}
+
+#[tokio::test]
+async fn two_routers_talk_mutual_tls_and_a_router_without_a_certificate_is_refused() {
+    let web = upstream("web").await;
+    let pki = MeshPki { dir: tempfile::tempdir().unwrap(), ca: waymark_test_support::TestCa::new("mesh").unwrap() };
+    let ca = pki.file("ca.pem", pki.ca.cert_pem());
+
+    // The inbound router: TLS, and only clients with a certificate from the mesh CA.
+    let (cert, key) = pki.router_cert("inbound");
+    let inbound_cfg = config(&format!(
+        "listeners:\n  - port: 0\n    tls: {{cert_path: {cert}, key_path: {key}, client_ca_path: {ca}}}\n"
+    ));
+    // HTTP/2 clients are named by their authority, here 127.0.0.1.
+    let to_web = format!("/svc/web => {web}; /svc/127.0.0.1 => {web}", web = web.id());
+    let inbound = router(inbound_cfg, TestResolver::new(&to_web)).await;
+    let to_inbound = format!("/svc => /$/inet/127.0.0.1/{}", inbound.addr().port());
+
+    // The outbound router: sends to the inbound one over TLS with its own certificate.
+    let (cert, key) = pki.router_cert("outbound");
+    let outbound_cfg = config(&format!(
+        "client:\n  tls: {{ca_path: {ca}, server_name: router.mesh, cert_path: {cert}, key_path: {key}}}\n"
+    ));
+    let outbound = router(outbound_cfg, TestResolver::new(&to_inbound)).await;
+    let got = get(&h1(), outbound.addr(), "web", &[]).await;
+    assert_eq!((got.status, got.upstream()), (StatusCode::OK, "web".to_string()), "{}", got.text());
+    assert_eq!(got.json()["version"], "HTTP/1.1");
+    // HTTP/2 is offered through ALPN on its own connections.
+    let req = Request::get(format!("http://{}/", outbound.addr())).body(Full::new(Bytes::new()));
+    let got = send(&h2(), req.unwrap()).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    assert_eq!(got.json()["version"], "HTTP/2.0", "the hop between the routers was HTTP/2");
+
+    // A router that trusts the inbound one but has no certificate of its own gets nowhere.
+    let anonymous_cfg = config(&format!("client:\n  tls: {{ca_path: {ca}, server_name: router.mesh}}\n"));
+    let anonymous = router(anonymous_cfg, TestResolver::new(&to_inbound)).await;
+    let refused = get(&h1(), anonymous.addr(), "web", &[]).await;
+    assert_eq!(refused.status, StatusCode::BAD_GATEWAY, "{}", refused.text());
+    // Nor does one that expects another name on the certificate.
+    let wrong_name_cfg = config(&format!(
+        "client:\n  tls: {{ca_path: {ca}, server_name: other.mesh, cert_path: {cert}, key_path: {key}}}\n"
+    ));
+    let wrong_name = router(wrong_name_cfg, TestResolver::new(&to_inbound)).await;
+    let refused = get(&h1(), wrong_name.addr(), "web", &[]).await;
+    assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
+    assert!(refused.text().contains("certificate"), "{}", refused.text());
+    assert_eq!(web.hits.load(std::sync::atomic::Ordering::SeqCst), 2, "only the two mutual-TLS requests arrived");
+}
