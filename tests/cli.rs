@@ -623,19 +623,14 @@ fn an_https_namer_that_requires_client_certificates_is_reached_with_them_and_onl
     let dir = tempfile::tempdir().unwrap();
     let (namer_ca, client_ca) =
         (waymark_test_support::TestCa::new("namers").unwrap(), waymark_test_support::TestCa::new("operators").unwrap());
-    let server = namer_ca.issue(&["127.0.0.1"]).unwrap();
-    let operator = client_ca.issue(&["operator"]).unwrap();
-    let tls = format!(
-        "{{cert_path: {}, key_path: {}, client_ca_path: {}}}",
-        file(dir.path(), "namer.pem", &server.cert_pem),
-        file(dir.path(), "namer.key", &server.key_pem),
-        file(dir.path(), "operators.pem", client_ca.cert_pem()),
-    );
-    let namer = NamerProcess::start_https(&tls);
+    let (server_cert, server_key) = namer_ca.issue(&["127.0.0.1"]).unwrap().write_pem(dir.path(), "namer");
+    let operators = client_ca.write_pem(dir.path(), "operators");
+    let namer = NamerProcess::start_https(&format!(
+        "{{cert_path: {server_cert}, key_path: {server_key}, client_ca_path: {operators}}}"
+    ));
     assert!(namer.url.starts_with("https://127.0.0.1:"), "{}", namer.url);
-    let ca = file(dir.path(), "namer-ca.pem", namer_ca.cert_pem());
-    let (cert, key) =
-        (file(dir.path(), "operator.pem", &operator.cert_pem), file(dir.path(), "operator.key", &operator.key_pem));
+    let ca = namer_ca.write_pem(dir.path(), "namer-ca");
+    let (cert, key) = client_ca.issue(&["operator"]).unwrap().write_pem(dir.path(), "operator");
     let routes = file(dir.path(), "routes.dtab", ROUTES);
 
     let with_identity = ["--ca-cert", ca.as_str(), "--cert", cert.as_str(), "--key", key.as_str()];

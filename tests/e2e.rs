@@ -399,8 +399,8 @@ async fn bad_input_gets_a_clear_error_and_everything_else_keeps_working() {
     }
 }
 
-/// The files of a namer certificate (from one CA) and of a router certificate (from another,
-/// which the namer requires its clients' certificates to come from).
+/// A namer certificate (from one CA) and router certificates (from another, which the namer
+/// requires its clients' certificates to come from), as `tls:` settings.
 struct MeshPki {
     dir: tempfile::TempDir,
     namer_ca: waymark_test_support::TestCa,
@@ -416,27 +416,18 @@ impl MeshPki {
         }
     }
 
-    fn file(&self, name: &str, text: &str) -> String {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    }
-
     /// The namer's `tls`: its certificate, and client certificates required.
     fn namer(&self) -> String {
-        let cert = self.namer_ca.issue(&["namer.mesh.test"]).unwrap();
-        let (cert, key) = (self.file("namer.pem", &cert.cert_pem), self.file("namer.key", &cert.key_pem));
-        let client_ca = self.file("router-ca.pem", self.router_ca.cert_pem());
+        let (cert, key) = self.namer_ca.issue(&["namer.mesh.test"]).unwrap().write_pem(self.dir.path(), "namer");
+        let client_ca = self.router_ca.write_pem(self.dir.path(), "router-ca");
         format!("{{cert_path: {cert}, key_path: {key}, client_ca_path: {client_ca}}}")
     }
 
     /// A router's `interpreter.tls`, with a certificate from the routers' CA when `member`.
     fn router(&self, name: &str, member: bool) -> String {
-        let ca = self.file("namer-ca.pem", self.namer_ca.cert_pem());
+        let ca = self.namer_ca.write_pem(self.dir.path(), "namer-ca");
         let identity = if member {
-            let cert = self.router_ca.issue(&[name]).unwrap();
-            let (cert, key) =
-                (self.file(&format!("{name}.pem"), &cert.cert_pem), self.file(&format!("{name}.key"), &cert.key_pem));
+            let (cert, key) = self.router_ca.issue(&[name]).unwrap().write_pem(self.dir.path(), name);
             format!(", cert_path: {cert}, key_path: {key}")
         } else {
             String::new()

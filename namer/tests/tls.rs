@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -32,29 +31,21 @@ impl Pki {
         }
     }
 
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
     /// `tls:` for a namer interface that requires client certificates.
     fn server_yaml(&self) -> String {
-        let cert = self.server_ca.issue(&["namer.test", "127.0.0.1"]).unwrap();
-        format!(
-            "{{cert_path: {}, key_path: {}, client_ca_path: {}}}",
-            self.write("namer.pem", &cert.cert_pem).display(),
-            self.write("namer.key", &cert.key_pem).display(),
-            self.write("client-ca.pem", self.client_ca.cert_pem()).display(),
-        )
+        let (cert, key) =
+            self.server_ca.issue(&["namer.test", "127.0.0.1"]).unwrap().write_pem(self.dir.path(), "namer");
+        let client_ca = self.client_ca.write_pem(self.dir.path(), "client-ca");
+        format!("{{cert_path: {cert}, key_path: {key}, client_ca_path: {client_ca}}}")
     }
 
     fn client(&self, name: &str, identity: Option<&TestCert>) -> ClientTls {
+        let identity = identity.map(|c| c.write_pem(self.dir.path(), name));
         ClientTls {
-            ca_path: self.write("server-ca.pem", self.server_ca.cert_pem()),
+            ca_path: self.server_ca.write_pem(self.dir.path(), "server-ca").into(),
             server_name: Some("namer.test".into()),
-            cert_path: identity.map(|c| self.write(&format!("{name}.pem"), &c.cert_pem)),
-            key_path: identity.map(|c| self.write(&format!("{name}.key"), &c.key_pem)),
+            cert_path: identity.as_ref().map(|(cert, _)| cert.into()),
+            key_path: identity.as_ref().map(|(_, key)| key.into()),
         }
     }
 }

@@ -234,8 +234,12 @@ fn explain(error: &RouterError, message: &str, why: &Explanation, name: Option<(
 
 /// The error and its causes on one line, as `a: b: c`.
 pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
+    with_causes(error.to_string(), error.source())
+}
+
+/// `first`, then each cause under it that it does not already say, as `a: b: c`.
+pub(crate) fn with_causes(first: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut out = first;
     while let Some(cause) = source {
         let text = cause.to_string();
         if !out.contains(&text) {

@@ -29,6 +29,7 @@ use waymark_proto::mesh::resolver_client::ResolverClient;
 use waymark_proto::request::{BindRequest, DelegateTreeRequest, dtab_req, replicas_req};
 use waymark_tls::ClientTls;
 
+use crate::errors::with_causes;
 use crate::metrics::{Metrics, StreamLabels};
 use crate::naming::{Delegator, NamerStatus, Naming};
 use crate::rng;
@@ -158,7 +159,8 @@ impl Inner {
         let mut never_reached = false;
         let was = self.status.send_if_modified(|s| {
             never_reached = !s.ever_reached;
-            s.last_error = Some(with_causes(error));
+            // The message and the errors under it, such as why a TLS handshake failed.
+            s.last_error = Some(with_causes(error.message().to_string(), std::error::Error::source(error)));
             std::mem::replace(&mut s.reachable, false)
         });
         if was {
@@ -167,20 +169,6 @@ impl Inner {
             tracing::warn!(error = %error.message(), code = ?error.code(), "namer not reachable yet; retrying");
         }
     }
-}
-
-/// A status's message and the errors under it, such as why a TLS handshake failed.
-fn with_causes(status: &tonic::Status) -> String {
-    let mut text = status.message().to_string();
-    let mut source = std::error::Error::source(status);
-    while let Some(cause) = source {
-        let shown = cause.to_string();
-        if !text.contains(&shown) {
-            text = format!("{text}: {shown}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Shares one stream per key: the map holds the sender weakly, the stream task strongly, and

@@ -80,34 +80,16 @@ async fn a_bad_certificate_is_a_start_up_error() {
     assert!(err.to_string().contains("cert.pem"), "{err}");
 }
 
-/// A certificate authority for the mesh's routers, and a certificate from it as files.
-struct MeshPki {
-    dir: tempfile::TempDir,
-    ca: waymark_test_support::TestCa,
-}
-
-impl MeshPki {
-    fn file(&self, name: &str, text: &str) -> String {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    }
-
-    /// `(cert_path, key_path)` of a new router certificate named `router.mesh`.
-    fn router_cert(&self, who: &str) -> (String, String) {
-        let cert = self.ca.issue(&["router.mesh"]).unwrap();
-        (self.file(&format!("{who}.pem"), &cert.cert_pem), self.file(&format!("{who}.key"), &cert.key_pem))
-    }
-}
-
 #[tokio::test]
 async fn two_routers_talk_mutual_tls_and_a_router_without_a_certificate_is_refused() {
     let web = upstream("web").await;
-    let pki = MeshPki { dir: tempfile::tempdir().unwrap(), ca: waymark_test_support::TestCa::new("mesh").unwrap() };
-    let ca = pki.file("ca.pem", pki.ca.cert_pem());
+    let dir = tempfile::tempdir().unwrap();
+    let mesh_ca = waymark_test_support::TestCa::new("mesh").unwrap();
+    let ca = mesh_ca.write_pem(dir.path(), "ca");
+    let router_cert = |who: &str| mesh_ca.issue(&["router.mesh"]).unwrap().write_pem(dir.path(), who);
 
     // The inbound router: TLS, and only clients with a certificate from the mesh CA.
-    let (cert, key) = pki.router_cert("inbound");
+    let (cert, key) = router_cert("inbound");
     let inbound_cfg = config(&format!(
         "listeners:\n  - port: 0\n    tls: {{cert_path: {cert}, key_path: {key}, client_ca_path: {ca}}}\n"
     ));
@@ -117,7 +99,7 @@ async fn two_routers_talk_mutual_tls_and_a_router_without_a_certificate_is_refus
     let to_inbound = format!("/svc => /$/inet/127.0.0.1/{}", inbound.addr().port());
 
     // The outbound router: sends to the inbound one over TLS with its own certificate.
-    let (cert, key) = pki.router_cert("outbound");
+    let (cert, key) = router_cert("outbound");
     let outbound_cfg = config(&format!(
         "client:\n  tls: {{ca_path: {ca}, server_name: router.mesh, cert_path: {cert}, key_path: {key}}}\n"
     ));

@@ -50,6 +50,28 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// Writes the CA certificate to `dir/<name>.pem` and returns the path, for configuration
+    /// files.
+    pub fn write_pem(&self, dir: &std::path::Path, name: &str) -> String {
+        write(dir, &format!("{name}.pem"), &self.cert_pem)
+    }
+}
+
+impl TestCert {
+    /// Writes the certificate and key to `dir/<name>.pem` and `dir/<name>.key` and returns
+    /// their paths, for configuration files.
+    pub fn write_pem(&self, dir: &std::path::Path, name: &str) -> (String, String) {
+        (write(dir, &format!("{name}.pem"), &self.cert_pem), write(dir, &format!("{name}.key"), &self.key_pem))
+    }
+}
+
+fn write(dir: &std::path::Path, file: &str, text: &str) -> String {
+    let path = dir.join(file);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path.display().to_string()
+}
+
 impl std::fmt::Debug for TestCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestCa").finish_non_exhaustive()
