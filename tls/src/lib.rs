@@ -148,7 +148,7 @@ impl ServerTls {
     }
 }
 
-/// A server certificate that follows its files. Handshakes read the files at most once per
+/// A certificate (a server's, or a client's) that follows its files. Handshakes read the files at most once per
 /// interval (they are small), and load them again when their bytes changed; a pair
 /// that does not load (a certificate renewed before its key, say) is reported and the last
 /// good one stays in service until the files change again.
@@ -213,6 +213,16 @@ impl rustls::server::ResolvesServerCert for ReloadingCert {
     }
 }
 
+impl rustls::client::ResolvesClientCert for ReloadingCert {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 fn stamps(cert_path: &Path, key_path: &Path) -> FileStamps {
     [std::fs::read(cert_path).ok(), std::fs::read(key_path).ok()]
 }
@@ -248,8 +258,18 @@ impl ClientTls {
         Ok(ClientPem { ca, identity })
     }
 
-    /// A rustls client configuration offering `alpn`.
+    /// A rustls client configuration offering `alpn`. The client certificate, when there is
+    /// one, follows its files as a server's does (see [`ReloadingCert`]).
     pub fn client_config(&self, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
+        self.client_config_checking_every(alpn, RELOAD_CHECK_INTERVAL)
+    }
+
+    /// [`ClientTls::client_config`], looking for a renewed client certificate every `interval`.
+    pub fn client_config_checking_every(
+        &self,
+        alpn: &[&[u8]],
+        interval: Duration,
+    ) -> Result<rustls::ClientConfig, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         for ca in read_certs(&self.ca_path)? {
             roots.add(ca)?;
@@ -259,7 +279,7 @@ impl ClientTls {
             .with_root_certificates(roots);
         let mut config = match (&self.cert_path, &self.key_path) {
             (Some(cert_path), Some(key_path)) => {
-                builder.with_client_auth_cert(read_certs(cert_path)?, read_key(key_path)?)?
+                builder.with_client_cert_resolver(Arc::new(ReloadingCert::load(cert_path, key_path, interval)?))
             }
             _ => builder.with_no_client_auth(),
         };
@@ -453,6 +473,53 @@ mod tests {
         };
         let Err(error) = mismatched.acceptor(&[]) else { panic!("a certificate with another's key was accepted") };
         assert!(error.to_string().contains("do not work together"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_renewed_client_certificate_is_presented_on_the_next_connection() {
+        let files = Files { dir: tempfile::tempdir().unwrap() };
+        let (server_ca, client_ca) = (TestCa::new("servers").unwrap(), TestCa::new("clients").unwrap());
+        let server = server_ca.issue(&["localhost"]).unwrap();
+        let tls = ServerTls {
+            cert_path: files.write("server.pem", &server.cert_pem),
+            key_path: files.write("server.key", &server.key_pem),
+            client_ca_path: Some(files.write("client-ca.pem", client_ca.cert_pem())),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut incoming = TlsIncoming::new(listener, tls.acceptor(&[]).unwrap()).unwrap();
+        let addr = incoming.local_addr();
+        // The server answers with the certificate its client presented.
+        tokio::spawn(async move {
+            while let Some((mut tls, _)) = incoming.accept().await {
+                let presented = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+                let _ = tls.write_all(&presented).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let (first, second) = (client_ca.issue(&["router"]).unwrap(), client_ca.issue(&["router"]).unwrap());
+        let client = ClientTls {
+            ca_path: files.write("server-ca.pem", server_ca.cert_pem()),
+            server_name: Some("localhost".into()),
+            cert_path: Some(files.write("client.pem", &first.cert_pem)),
+            key_path: Some(files.write("client.key", &first.key_pem)),
+        };
+        let mut config = client.client_config_checking_every(&[], Duration::ZERO).unwrap();
+        // A resumed session keeps the identity it was made with: fresh handshakes here.
+        config.resumption = rustls::client::Resumption::disabled();
+        let config = Arc::new(config);
+        let presented = || async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.unwrap();
+            let mut der = Vec::new();
+            tls.read_to_end(&mut der).await.unwrap();
+            der
+        };
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec();
+        assert_eq!(presented().await, der(&first.cert_pem));
+        files.write("client.pem", &second.cert_pem);
+        files.write("client.key", &second.key_pem);
+        assert_eq!(presented().await, der(&second.cert_pem));
     }
 
     #[test]
