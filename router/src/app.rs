@@ -144,6 +144,7 @@ impl App {
             max_retries: config.service.retries.max_per_request,
             max_replay_body_bytes: config.service.retries.max_replay_body_bytes,
             enforce_deadline: config.service.enforce_deadline,
+            response_body_idle_timeout: Duration::from_millis(config.client.response_body_idle_timeout_ms),
         };
         let proxy = Arc::new(Proxy { routes: routes.clone(), naming: naming.clone(), settings });
 
@@ -169,6 +170,7 @@ impl App {
                 trusted: listener.is_trusted(),
                 max_call_depth: listener.max_call_depth,
                 name: listener.name.clone(),
+                request_body_idle_timeout: Duration::from_millis(listener.request_body_idle_timeout_ms),
                 refused: metrics.refused_requests.clone(),
                 empty_dtab: Dtab::empty(),
             });

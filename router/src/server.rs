@@ -72,6 +72,10 @@ pub struct ListenerConfig {
     /// is busy, is closed itself; both are counted in `router_server_connection_limit_reached`.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// How long a request body may go without a byte arriving before the request is
+    /// abandoned with a 408 (nginx's `client_body_timeout`).
+    #[serde(default = "default_request_body_idle_timeout_ms")]
+    pub request_body_idle_timeout_ms: u64,
 }
 
 fn default_name() -> String {
@@ -95,6 +99,9 @@ fn default_idle_timeout_ms() -> u64 {
 fn default_max_connections() -> usize {
     10_000
 }
+fn default_request_body_idle_timeout_ms() -> u64 {
+    60_000
+}
 
 impl Default for ListenerConfig {
     fn default() -> Self {
@@ -110,6 +117,7 @@ impl Default for ListenerConfig {
             header_read_timeout_ms: default_header_read_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
             max_connections: default_max_connections(),
+            request_body_idle_timeout_ms: default_request_body_idle_timeout_ms(),
         }
     }
 }
@@ -135,6 +143,9 @@ impl ListenerConfig {
         }
         if self.max_connections == 0 {
             out.push(format!("{at}.max_connections: must be at least 1"));
+        }
+        if self.request_body_idle_timeout_ms == 0 {
+            out.push(format!("{at}.request_body_idle_timeout_ms: must be more than 0"));
         }
         if self.max_call_depth == 0 {
             out.push(format!("{at}.max_call_depth: must be at least 1"));

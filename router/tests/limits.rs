@@ -173,3 +173,48 @@ async fn the_admin_port_has_the_same_limits() {
     let text = metrics_of(router.admin).await;
     assert!(metric(&text, r#"router_server_connection_limit_reached_total{listener="admin"}"#).is_some(), "{text}");
 }
+
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_is_answered_408_and_a_malformed_one_400() {
+    let web = upstream("web").await;
+    let resolver = TestResolver::new(&format!("/svc/web => {}", web.id()));
+    let router = router(config("listeners:\n  - port: 0\n    request_body_idle_timeout_ms: 300\n"), resolver).await;
+    // Small enough to be read whole before it is sent, and large enough to be streamed.
+    for length in [100, 100_000] {
+        let mut conn = TcpStream::connect(router.addr()).await.unwrap();
+        let head = format!("POST / HTTP/1.1\r\nHost: web\r\nContent-Length: {length}\r\n\r\n0123456789");
+        conn.write_all(head.as_bytes()).await.unwrap();
+        assert_eq!(status_line(&mut conn).await, "HTTP/1.1 408 Request Timeout", "a {length}-byte body");
+    }
+    let mut conn = TcpStream::connect(router.addr()).await.unwrap();
+    conn.write_all(b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status_line(&mut conn).await, "HTTP/1.1 400 Bad Request", "a malformed chunk is the client's fault");
+}
+
+#[tokio::test]
+async fn an_endpoint_whose_response_body_stops_arriving_is_cut_off() {
+    // An endpoint that sends its headers and five of a hundred bytes, then nothing.
+    let stalling = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = stalling.local_addr().unwrap().port();
+    let _endpoint = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut conn, _)) = stalling.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").await;
+            held.push(conn);
+        }
+    });
+    let resolver = TestResolver::new(&format!("/svc/web => /$/inet/127.0.0.1/{port}"));
+    let router = router(config("client:\n  response_body_idle_timeout_ms: 300\n"), resolver).await;
+    let req = http::Request::get(format!("http://{}/", router.addr()))
+        .header("host", "web")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(GENEROUS, h1().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(GENEROUS, http_body_util::BodyExt::collect(response.into_body())).await;
+    assert!(body.expect("the body ends, one way or another").is_err(), "the client learns the body is incomplete");
+}
