@@ -85,6 +85,13 @@ struct Destination {
     endpoint: Arc<Endpoint>,
 }
 
+/// Finagle's own per-request dtab header: forwarded as is (as Linkerd 1 does), except from
+/// an edge, where it is stripped like the `l5d-*` headers.
+const DTAB_LOCAL: HeaderName = HeaderName::from_static("dtab-local");
+
+/// The settings of an `h2c` upgrade (RFC 7540, 3.2.1), never forwarded.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
 /// Headers that describe one connection and are never forwarded (RFC 9110, 7.6.1).
 const HOP_BY_HOP: [HeaderName; 5] = [
     CONNECTION,
@@ -164,10 +171,15 @@ impl ListenerProxy {
         why: &mut Explanation,
     ) -> Result<Outbound, Box<(RouterError, Option<Path>)>> {
         why.grpc = is_grpc(req.headers());
-        // An edge strips every l5d-* header: clients outside the mesh may not steer routing.
-        if !self.trusted && has_l5d(req.headers()) {
-            strip_l5d(req.headers_mut());
+        // An edge strips every l5d-* header: clients outside the mesh may not steer routing;
+        // nor through Finagle's own override header, which services behind may still honour.
+        if !self.trusted {
+            if has_l5d(req.headers()) {
+                strip_l5d(req.headers_mut());
+            }
+            req.headers_mut().remove(DTAB_LOCAL);
         }
+        check_target(&mut req).map_err(|e| Box::new((e, None)))?;
         // A request that has passed this many proxies is going round in circles.
         let depth = call_depth(req.headers());
         if depth > self.max_call_depth {
@@ -235,11 +247,67 @@ fn classify(
     classifier.classify(method, status, headers)
 }
 
+/// Makes sure the request names one destination, the same way to every reader: a router
+/// that routes by one name and forwards another can be steered past the rules of the hops
+/// behind it.
+fn check_target<B>(req: &mut Request<B>) -> Result<(), RouterError> {
+    if req.method() == Method::CONNECT {
+        return Err(RouterError::Tunnel);
+    }
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        // RFC 9112, 3.2: a request with more than one Host header is answered 400.
+        return Err(RouterError::Malformed("the request has more than one Host header"));
+    }
+    if let Some(authority) = req.uri().authority() {
+        if req.version() == Version::HTTP_2 {
+            // RFC 9113, 8.3.1: a Host that names another server than :authority is malformed.
+            if host.is_some_and(|host| !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())) {
+                return Err(RouterError::Malformed("the Host header and :authority name different servers"));
+            }
+        } else {
+            // RFC 9112, 3.2.2: a request in absolute form is for the server its target names,
+            // whatever its Host header says; the next hop must see that name too.
+            let value = HeaderValue::from_str(authority.as_str())
+                .map_err(|_| RouterError::Malformed("the request target's authority is not a valid Host"))?;
+            req.headers_mut().insert(HOST, value);
+        }
+    }
+    Ok(())
+}
+
 fn is_grpc(headers: &HeaderMap) -> bool {
     headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+/// True for an HTTP/1.1 request asking to switch protocols (a WebSocket, say). An upgrade to
+/// `h2c` is not one: it would turn the connection to the endpoint into HTTP/2 behind this
+/// router's back (request smuggling past an edge), so that token is dropped from the request,
+/// and with it `HTTP2-Settings`.
+fn is_upgrade<B>(req: &mut Request<B>) -> bool {
+    let headers = req.headers_mut();
+    headers.remove(HTTP2_SETTINGS);
+    if !headers.contains_key(UPGRADE) {
+        return false;
+    }
+    let tokens: Vec<String> = headers
+        .get_all(UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if tokens.iter().any(|t| t.eq_ignore_ascii_case("h2c")) {
+        let kept: Vec<&str> = tokens.iter().filter(|t| !t.eq_ignore_ascii_case("h2c")).map(String::as_str).collect();
+        headers.remove(UPGRADE);
+        if let Ok(value) = HeaderValue::from_str(&kept.join(", "))
+            && !kept.is_empty()
+        {
+            headers.insert(UPGRADE, value);
+        }
+    }
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
         && req
@@ -392,7 +460,8 @@ impl Proxy {
         started: Instant,
         request_body_idle: Duration,
     ) -> Outbound {
-        let upgrade = is_upgrade(&req);
+        let mut req = req;
+        let upgrade = is_upgrade(&mut req);
         let (mut parts, body) = req.into_parts();
         let on_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
         strip_hop_by_hop(&mut parts.headers, upgrade);
