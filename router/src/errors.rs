@@ -59,6 +59,10 @@ pub(crate) enum RouterError {
         "the request has passed {depth} proxies (by its Via header), more than the limit of {max}: is a dtab routing it in a loop?"
     )]
     CallDepth { depth: usize, max: usize },
+    #[error(
+        "{name} is routed to {addr}, which is this router's own listener {listener:?}: a routing loop (check the dtab and any l5d-dtab override)"
+    )]
+    Loop { name: Path, addr: SocketAddr, listener: String },
 }
 
 /// What the router learnt about a request while routing it, for the error body. The logical
@@ -116,6 +120,7 @@ impl RouterError {
             | RouterError::Neg { .. }
             | RouterError::Fail { .. }
             | RouterError::NoEndpoints { .. }
+            | RouterError::Loop { .. }
             | RouterError::Connect { .. }
             | RouterError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -148,7 +153,7 @@ impl RouterError {
             RouterError::TotalTimeout { .. }
             | RouterError::AttemptTimeout { .. }
             | RouterError::DeadlineExceeded { .. } => DEADLINE_EXCEEDED,
-            RouterError::CallDepth { .. } => FAILED_PRECONDITION,
+            RouterError::CallDepth { .. } | RouterError::Loop { .. } => FAILED_PRECONDITION,
             _ => UNAVAILABLE,
         }
     }

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 
 use futures::future::Either;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::caller::{
     Caller, Deadline, L5D_CTX_DEADLINE, L5D_CTX_TRACE, TraceId, append_via, call_depth, wall_clock_ns,
 };
 use crate::client::UpstreamProtocol;
+use crate::conn::ConnectionInfo;
 use crate::context::{
     L5D_CTX_DTAB, L5D_DST_CLIENT, L5D_DST_RESIDUAL, L5D_DST_SERVICE, L5D_REQID, L5D_RETRYABLE, L5D_SUCCESS_CLASS,
     has_l5d, strip_l5d, take_override,
@@ -76,6 +78,8 @@ pub(crate) struct ListenerProxy {
     /// Requests refused before routing, by reason.
     pub(crate) refused: Family<RefusedLabels, Counter>,
     pub(crate) empty_dtab: Dtab,
+    /// The address this listener is bound to: a destination there is a loop.
+    pub(crate) bound: SocketAddr,
 }
 
 /// A chosen destination for one attempt.
@@ -126,7 +130,7 @@ impl ListenerProxy {
         };
         Either::Right(async move {
             // balance + client, with retries and timeouts.
-            let mut result = self.proxy.forward(&mut outbound, started, &mut why).await;
+            let mut result = self.proxy.forward(&mut outbound, started, &mut why, &self).await;
             let class = self.proxy.record(&outbound.route, &mut result, started.elapsed(), why.grpc);
             let key = &outbound.route.key;
             Ok(self.finish(result, &why, Some((&key.name, &key.local)), class))
@@ -160,6 +164,18 @@ impl ListenerProxy {
             response.body_mut().strip_l5d_trailers();
         }
         response
+    }
+
+    /// True when `addr` is this listener: the address it is bound to, or (bound to all
+    /// addresses) a loopback address and its port, or the address the request's connection
+    /// was accepted on. Sending a request there would only bring it back here.
+    fn is_itself(&self, addr: SocketAddr, parts: &http::request::Parts) -> bool {
+        let bound = self.bound;
+        addr == bound
+            || (bound.ip().is_unspecified()
+                && addr.port() == bound.port()
+                && (addr.ip().is_loopback() || addr.ip().is_unspecified()))
+            || parts.extensions.get::<Arc<ConnectionInfo>>().is_some_and(|conn| conn.local() == addr)
     }
 
     /// The pipeline up to the binding: identify, dtab context, bind.
@@ -558,6 +574,7 @@ impl Proxy {
         out: &mut Outbound,
         started: Instant,
         why: &mut Explanation,
+        listener: &ListenerProxy,
     ) -> Result<Response<ResponseBody>, RouterError> {
         self.keep_small_body(out).await?;
         let route = &out.route;
@@ -590,6 +607,10 @@ impl Proxy {
                 }
                 Err(error) => return Err(error),
             };
+            if listener.is_itself(endpoint.addr, &out.parts) {
+                let (name, addr, listener) = (route.key.name.clone(), endpoint.addr, listener.name.clone());
+                return Err(RouterError::Loop { name, addr, listener });
+            }
             // A retry takes a copy; the last (or only) attempt takes the original.
             let may_retry = replayable && retries < self.settings.max_retries;
             let mut attempt_parts = if may_retry {
