@@ -320,6 +320,11 @@ pub fn bind_path(dtab: &Dtab, namers: &Namers, path: &Path, options: BindOptions
 
 impl Binder<'_> {
     /// One lookup step for an unbound path: the dtab first, the namers if it said `Neg`.
+    ///
+    /// "Said `Neg`" is Finagle's `DefaultInterpreter` rule, exactly: the dtab's answer *is*
+    /// the negative tree, which happens when no dentry matches and also when the one matching
+    /// dentry's destination is `~`. Two matching `~` dentries answer `Alt(~, ~)`, which is not
+    /// `Neg` and does not fall back.
     fn lookup(&mut self, path: &Path) -> Lookup {
         self.lookups_made += 1;
         let mut matches: Vec<NameTree<Name>> = self
@@ -332,19 +337,21 @@ impl Binder<'_> {
                 d.dst().map_ref(&mut |leaf: &Path| Name::Path(leaf.concat(&residual)))
             })
             .collect();
-        match matches.len() {
-            0 => {
-                let (answer, asked) = self.namers.lookup(path);
-                for lookup in asked {
-                    if !self.lookups.contains(&lookup) {
-                        self.lookups.push(lookup);
-                    }
-                }
-                answer
-            }
-            1 => Lookup::Found(matches.pop().unwrap_or(NameTree::Neg)),
-            _ => Lookup::Found(NameTree::Alt(matches)),
+        let answer = match matches.len() {
+            0 => NameTree::Neg,
+            1 => matches.pop().unwrap_or(NameTree::Neg),
+            _ => NameTree::Alt(matches),
+        };
+        if !matches!(answer, NameTree::Neg) {
+            return Lookup::Found(answer);
         }
+        let (answer, asked) = self.namers.lookup(path);
+        for lookup in asked {
+            if !self.lookups.contains(&lookup) {
+                self.lookups.push(lookup);
+            }
+        }
+        answer
     }
 
     fn abort(&mut self, e: BindError) -> BindOutcome {
