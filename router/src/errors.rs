@@ -14,7 +14,7 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use waymark_dtab::{Dtab, Path};
 
-use crate::body::ResponseBody;
+use crate::body::{RequestBodyError, ResponseBody};
 use crate::context::{L5D_ERR, L5D_RETRYABLE, OverrideError, form_encode};
 use crate::routes::RouteState;
 
@@ -27,6 +27,8 @@ pub(crate) enum RouterError {
     BadOverride(#[from] OverrideError),
     #[error("reading the request body: {cause}")]
     RequestBody { cause: String },
+    #[error("no part of the request body arrived for {idle_ms} ms")]
+    RequestBodyTimeout { idle_ms: u64 },
     #[error("exceeded {timeout_ms} ms binding timeout while resolving name {name}")]
     BindingTimeout { name: Path, timeout_ms: u64 },
     #[error("binding {name} failed: {why}")]
@@ -74,12 +76,31 @@ pub(crate) struct Explanation {
 const MAX_ERR_HEADER_BYTES: usize = 8 * 1024;
 
 impl RouterError {
+    /// The failure of the client's request body somewhere in `error`'s causes, if that is what
+    /// failed: the request was malformed or abandoned, not refused by the endpoint.
+    pub(crate) fn from_request_body(error: &(dyn std::error::Error + 'static)) -> Option<RouterError> {
+        let mut cause = Some(error);
+        while let Some(e) = cause {
+            if let Some(body) = e.downcast_ref::<RequestBodyError>() {
+                return Some(match body {
+                    RequestBodyError::Stalled(idle) => {
+                        RouterError::RequestBodyTimeout { idle_ms: idle.as_millis() as u64 }
+                    }
+                    RequestBodyError::Read(read) => RouterError::RequestBody { cause: chain(read) },
+                });
+            }
+            cause = e.source();
+        }
+        None
+    }
+
     /// The status Linkerd 1 answers this failure with.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             RouterError::Unidentified(_) | RouterError::CallDepth { .. } => StatusCode::BAD_REQUEST,
             RouterError::BadOverride(OverrideError::TooLarge { .. }) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             RouterError::BadOverride(_) | RouterError::RequestBody { .. } => StatusCode::BAD_REQUEST,
+            RouterError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             RouterError::BindingTimeout { .. }
             | RouterError::TotalTimeout { .. }
             | RouterError::AttemptTimeout { .. }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use waymark_dtab::{Dtab, Path};
 
 use crate::balance::Endpoint;
-use crate::body::{GrpcOutcome, RequestBody, ResponseBody};
+use crate::body::{GrpcOutcome, RequestBody, ResponseBody, Stalling};
 use crate::caller::{
     Caller, Deadline, L5D_CTX_DEADLINE, L5D_CTX_TRACE, TraceId, append_via, call_depth, wall_clock_ns,
 };
@@ -49,6 +49,8 @@ pub(crate) struct ProxySettings {
     pub(crate) max_replay_body_bytes: u64,
     /// Whether the caller's deadline bounds this hop too.
     pub(crate) enforce_deadline: bool,
+    /// How long an endpoint's response body may go without a byte arriving.
+    pub(crate) response_body_idle_timeout: Duration,
 }
 
 /// What every listener shares: the bindings, naming and settings.
@@ -69,6 +71,8 @@ pub(crate) struct ListenerProxy {
     pub(crate) max_call_depth: usize,
     /// The listener's name, for metrics.
     pub(crate) name: String,
+    /// How long a request body may go without a byte arriving.
+    pub(crate) request_body_idle_timeout: Duration,
     /// Requests refused before routing, by reason.
     pub(crate) refused: Family<RefusedLabels, Counter>,
     pub(crate) empty_dtab: Dtab,
@@ -197,7 +201,7 @@ impl ListenerProxy {
         let route = self.proxy.routes.get(RouteKey { name, local });
         route.metrics.requests.inc();
         route.budget.deposit();
-        Ok(self.proxy.outbound(route, req, why.grpc, caller, started))
+        Ok(self.proxy.outbound(route, req, why.grpc, caller, started, self.request_body_idle_timeout))
     }
 }
 
@@ -386,6 +390,7 @@ impl Proxy {
         grpc: bool,
         caller: Caller,
         started: Instant,
+        request_body_idle: Duration,
     ) -> Outbound {
         let upgrade = is_upgrade(&req);
         let (mut parts, body) = req.into_parts();
@@ -430,7 +435,7 @@ impl Proxy {
         parts.version = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
         // Only a request without a body can be sent again: bodies are streamed, not kept.
         let replayable = body.is_end_stream();
-        let body = if replayable { None } else { Some(RequestBody::Streaming(body)) };
+        let body = if replayable { None } else { Some(RequestBody::Streaming(Stalling::new(body, request_body_idle))) };
         Outbound { route, parts, body, on_upgrade, grpc, http2, replayable, caller_deadline }
     }
 
@@ -590,9 +595,16 @@ impl Proxy {
                     }
                     let outcome = awaits_trailers
                         .then(|| GrpcOutcome::new(self.settings.classifier.clone(), client_metrics.clone(), latency));
-                    return Ok(response.map(|b| ResponseBody::upstream(b, in_flight, outcome)));
+                    let idle = self.settings.response_body_idle_timeout;
+                    return Ok(response.map(|b| ResponseBody::upstream(b, in_flight, outcome, idle)));
                 }
                 Some(Err(e)) => {
+                    // The client's own body failed (malformed, or abandoned half-way): the
+                    // endpoint is not to blame, and the client gets a 400 or 408.
+                    if let Some(error) = RouterError::from_request_body(&e) {
+                        why.attempts.push(format!("{}: {error}", attempt()));
+                        return Err(error);
+                    }
                     endpoint.record_failure();
                     client_metrics.record(
                         StatusCode::BAD_GATEWAY,
@@ -647,11 +659,12 @@ impl Proxy {
         if out.replayable || !fits || out.grpc || out.on_upgrade.is_some() {
             return Ok(());
         }
-        let Some(RequestBody::Streaming(body)) = out.body.take() else { return Ok(()) };
+        let Some(body @ RequestBody::Streaming(_)) = out.body.take() else { return Ok(()) };
         let limit = usize::try_from(self.settings.max_replay_body_bytes).unwrap_or(usize::MAX);
-        let collected = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit))
-            .await
-            .map_err(|e| RouterError::RequestBody { cause: e.to_string() })?;
+        let collected =
+            http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await.map_err(|e| {
+                RouterError::from_request_body(&*e).unwrap_or_else(|| RouterError::RequestBody { cause: chain(&*e) })
+            })?;
         let trailers = collected.trailers().cloned();
         out.body = Some(RequestBody::Buffered { data: Some(collected.to_bytes()), trailers });
         out.replayable = true;
