@@ -276,3 +276,55 @@ async fn control_characters_are_never_echoed_raw_in_errors() {
     }
     namer.stop().await;
 }
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Finding 4, the namer's side: distinct overrides are bounded by count (and bytes); idle ones
+/// make room at once, held ones refuse the next override, and plain bindings never suffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_bindings_are_bounded_and_plain_bindings_are_not_affected() {
+    use waymark_proto::mesh;
+    use waymark_proto::mesh::interpreter_client::InterpreterClient;
+    use waymark_proto::request::BindRequest;
+
+    let namer = common::start("interpreter:\n  max_override_bindings: 50\n").await;
+    write(&namer, reqwest::Method::PUT, "default", "/svc => /$/inet/127.0.0.1/1", None).await;
+    let mut grpc = InterpreterClient::connect(format!("http://{}", namer.mesh)).await.unwrap();
+    let request = |dtab: &str| {
+        mesh::BindReq::from(&BindRequest {
+            namespace: "default".into(),
+            name: "/svc/web".parse().unwrap(),
+            dtab: dtab.parse().unwrap(),
+        })
+    };
+    let padding = "/pad".repeat(200);
+    let distinct = |i: usize| format!("/svc/web => /$/inet/127.0.0.1/{i}; /unused{padding} => /x");
+
+    // Many distinct overrides, one after the other: each is idle once answered.
+    for i in 0..200 {
+        grpc.get_bound_tree(request(&distinct(i + 2))).await.unwrap();
+    }
+    let metrics = client().get(format!("http://{}/metrics", namer.admin)).send().await.unwrap().text().await.unwrap();
+    let kept = metric(&metrics, "waymark_namer_interpreter_override_bindings").unwrap();
+    assert!(kept <= 50.0, "{kept} override bindings kept");
+    assert!(metric(&metrics, "waymark_namer_interpreter_override_bindings_evicted_total").unwrap() >= 150.0);
+
+    // Fifty held open: the next distinct override is refused, plain bindings still bind.
+    let mut held = Vec::new();
+    for i in 0..50 {
+        let mut stream = grpc.stream_bound_tree(request(&distinct(1_000 + i))).await.unwrap().into_inner();
+        stream.message().await.unwrap().expect("a first tree");
+        held.push(stream);
+    }
+    let refused = grpc.get_bound_tree(request(&distinct(2_000))).await.unwrap_err();
+    assert!(refused.message().contains("too many distinct dtab overrides"), "{refused:?}");
+    let plain = grpc.get_bound_tree(request("")).await.unwrap().into_inner();
+    let ip = b"127.0.0.1".to_vec();
+    assert!(format!("{plain:?}").contains(&format!("{ip:?}")), "{plain:?}");
+    let bind = client().get(namer.url("/api/1/bind/default?path=/svc/other")).send().await.unwrap();
+    assert_eq!(bind.status(), StatusCode::OK);
+    drop(held);
+    namer.stop().await;
+}
