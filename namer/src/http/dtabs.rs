@@ -91,7 +91,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
                 _ if tag.is_empty() => {}
                 _ => {
                     return Err(ApiError::PreconditionFailed(format!(
-                        "If-Match {} is not a version this namer hands out; send the ETag of a read",
+                        "If-Match \"{}\" is not a version this namer hands out; send the ETag of a read",
                         quoted(tag)
                     )));
                 }
@@ -106,13 +106,24 @@ fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
     Ok(Some(IfMatch::AnyOf(versions)))
 }
 
-/// Client text quoted for an error message: control characters escaped, at most 128
-/// characters, so that nothing a client sends reaches a body raw.
+/// Client text as an error message shows it: control characters (a NUL, an escape, a line
+/// break) escaped as Rust writes them, and at most 1,024 characters, so that nothing a client
+/// sends reaches a response body raw. Other text is shown as it is, as namerd shows it.
 pub(crate) fn quoted(text: &str) -> String {
-    const SHOWN: usize = 128;
-    let shown: String = text.chars().take(SHOWN).collect();
-    let more = if text.chars().nth(SHOWN).is_some() { "..." } else { "" };
-    format!("{shown:?}{more}")
+    const SHOWN: usize = 1024;
+    let mut out = String::with_capacity(text.len().min(SHOWN));
+    for (i, c) in text.chars().enumerate() {
+        if i == SHOWN {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The 412 for a namespace that is not at any version the client gave.
@@ -208,7 +219,10 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Dtab, ApiError> {
             let dentries: Vec<Option<DentryJson>> =
                 serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("Invalid JSON dtab: {e}")))?;
             let dentries: Vec<DentryJson> = dentries.into_iter().collect::<Option<_>>().ok_or_else(|| {
-                ApiError::BadRequest(format!("The dtab contains invalid dentries: {}", String::from_utf8_lossy(body)))
+                ApiError::BadRequest(format!(
+                    "The dtab contains invalid dentries: {}",
+                    quoted(&String::from_utf8_lossy(body))
+                ))
             })?;
             dtab_from_json(&dentries).map_err(|e| ApiError::BadRequest(format!("Invalid dtab: {e}")))
         }
@@ -417,7 +431,7 @@ mod tests {
 
     #[test]
     fn quoted_client_text_escapes_control_characters_and_is_cut_short() {
-        assert_eq!(quoted("a\0b\n"), "\"a\\0b\\n\"");
-        assert!(quoted(&"x".repeat(1000)).len() < 140);
+        assert_eq!(quoted("a\0b\n\u{1b}[2J é"), "a\\u{0}b\\n\\u{1b}[2J é");
+        assert_eq!(quoted(&"x".repeat(5000)).len(), 1027);
     }
 }

@@ -39,6 +39,8 @@ pub struct HttpApi {
     pub(crate) shutdown: CancellationToken,
     pub(crate) metrics: ApiMetrics,
     pub(crate) request_timeout: Duration,
+    /// The delegation output limit; rendered JSON with addresses may take four times this.
+    pub(crate) max_delegation_bytes: usize,
 }
 
 impl std::fmt::Debug for HttpApi {
