@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use waymark_dtab::{Dtab, Path};
 
 use crate::conn::{self, Connections, ServerLimits, Tracked, Watched};
+use crate::errors::printable;
 use crate::metrics::Metrics;
 use crate::naming::Naming;
 use crate::routes::Routes;
@@ -126,8 +127,9 @@ impl AdminConfig {
 
 type AdminResponse = Response<Full<Bytes>>;
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
-    let mut response = Response::new(Full::new(body.into()));
+fn text(status: StatusCode, body: impl Into<String>) -> AdminResponse {
+    // Error texts may quote what the client sent.
+    let mut response = Response::new(Full::new(Bytes::from(printable(body.into()))));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response

@@ -159,8 +159,8 @@ impl App {
                 None => None,
             };
             let socket = bind(listener.addr()).await?;
-            listener_addrs
-                .push(socket.local_addr().map_err(|source| AppError::Bind { addr: listener.addr(), source })?);
+            let bound = socket.local_addr().map_err(|source| AppError::Bind { addr: listener.addr(), source })?;
+            listener_addrs.push(bound);
             let prefix = config.prefix(listener);
             let identifiers = listener.identifier.as_ref().unwrap_or(&config.identifier);
             let connections = Connections::new(&listener.name, listener.limits(), &metrics.connections);
@@ -173,6 +173,7 @@ impl App {
                 request_body_idle_timeout: Duration::from_millis(listener.request_body_idle_timeout_ms),
                 refused: metrics.refused_requests.clone(),
                 empty_dtab: Dtab::empty(),
+                bound,
             });
             listeners.push(Listener { socket, tls, proxy: view, connections });
         }

@@ -55,7 +55,9 @@ pub struct ListenerConfig {
     #[serde(default)]
     pub tls: Option<waymark_tls::ServerTls>,
     /// The most proxies, counted from the `Via` header, a request may have passed before it
-    /// is refused with a 400: what stops a routing loop (Linkerd 1's `maxCallDepth`).
+    /// is refused with a 400: what stops a routing loop (Linkerd 1's `maxCallDepth`, whose
+    /// default of 1000 would let one looping request hold 2,000 connections). A destination
+    /// that is this very listener is refused at once, without a hop.
     #[serde(default = "default_max_call_depth")]
     pub max_call_depth: usize,
     /// How long a client has to send a complete HTTP/1.1 request head: from the moment it
@@ -88,7 +90,7 @@ fn default_port() -> u16 {
     4140
 }
 fn default_max_call_depth() -> usize {
-    1000
+    100
 }
 fn default_header_read_timeout_ms() -> u64 {
     10_000
