@@ -475,9 +475,15 @@ impl Apply<'_> {
             .iter()
             .filter(|p| !applied_set.contains(*p) && !others.contains(*p) && !has_descendant(&others, p))
             .collect();
-        removals.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        // Outermost first: removing a list item takes its fields with it, and the item must
+        // still carry its key fields to be found.
+        removals.sort_by_key(|p| p.len());
+        let mut removed: Vec<&FieldPath> = Vec::new();
         for path in removals {
-            remove_at(&mut merged, path);
+            if !removed.iter().any(|r| path.starts_with(r)) {
+                remove_at(&mut merged, path);
+                removed.push(path);
+            }
         }
         merge_applied(&mut merged, applied, &mut Vec::new(), self.lists, self.part);
 

@@ -446,15 +446,17 @@ async fn resource(
         }
         "patch" => patch(shared, &kind, &path, &request, status, format),
         "delete" => {
-            let ctx = write_ctx(shared, &kind, &path, &request, "DeleteOptions")?;
+            let mut ctx = write_ctx(shared, &kind, &path, &request, "DeleteOptions")?;
             let options = delete_options(&request)?;
+            ctx.dry_run |= options.dry_run;
             let name = path.name.as_deref().unwrap_or_default();
             let written = shared.state.lock().expect("state lock").delete(&ctx, name, &options)?;
             Ok(respond(written.code, &written.object, format, &[]))
         }
         "deletecollection" => {
-            let ctx = write_ctx(shared, &kind, &path, &request, "DeleteOptions")?;
+            let mut ctx = write_ctx(shared, &kind, &path, &request, "DeleteOptions")?;
             let options = delete_options(&request)?;
+            ctx.dry_run |= options.dry_run;
             let scope = list_scope(&kind, &path, request.query)?;
             let list = shared.state.lock().expect("state lock").delete_collection(&ctx, &scope, &options)?;
             Ok(respond(200, &list, format, &[]))
@@ -624,6 +626,17 @@ fn delete_options(request: &Incoming_<'_>) -> ApiResult<DeleteOptions> {
     let policy = body["propagationPolicy"].as_str().or(request.query.get("propagationPolicy")).unwrap_or("Background");
     let orphan_flag = body["orphanDependents"].as_bool().or(request.query.flag("orphanDependents")).unwrap_or(false);
     options.orphan = policy == "Orphan" || orphan_flag;
+    // DeleteOptions may carry dryRun in the body as well as in the query.
+    match &body["dryRun"] {
+        Value::Null => {}
+        Value::Array(values) if values.iter().all(|v| v == "All") => options.dry_run = !values.is_empty(),
+        other => {
+            return Err(ApiError::invalid_options(
+                "DeleteOptions",
+                vec![FieldError::not_supported("dryRun", other.clone(), &["All"])],
+            ));
+        }
+    }
     Ok(options)
 }
 

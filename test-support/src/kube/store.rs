@@ -83,6 +83,8 @@ pub(crate) struct DeleteOptions {
     pub(crate) uid: Option<String>,
     pub(crate) resource_version: Option<String>,
     pub(crate) orphan: bool,
+    /// `dryRun: ["All"]` in the body.
+    pub(crate) dry_run: bool,
 }
 
 /// What a list reads.

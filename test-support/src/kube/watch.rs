@@ -51,8 +51,10 @@ const BUFFERED_EVENTS: usize = 256;
 /// Starts a watch and returns its streaming response.
 pub(crate) fn respond(shared: Arc<Shared>, kind: Arc<Kind>, spec: WatchSpec, info: RequestInfo) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(BUFFERED_EVENTS);
+    // Subscribed before the watch counts as open, so that a close right after sees it.
+    let close = shared.close_tx.subscribe();
     let registration = shared.register_watch(info.clone());
-    tokio::spawn(run(shared, kind, spec, info, tx, registration));
+    tokio::spawn(run(shared, kind, spec, info, tx, close, registration));
     let body = BodyExt::boxed(StreamBody::new(
         ReceiverStream::new(rx).map(|bytes| Ok::<_, std::io::Error>(Frame::data(bytes))),
     ));
@@ -111,9 +113,9 @@ async fn run(
     spec: WatchSpec,
     info: RequestInfo,
     tx: mpsc::Sender<Bytes>,
+    mut close: broadcast::Receiver<super::RequestFilter>,
     _registration: WatchRegistration,
 ) {
-    let mut close = shared.close_tx.subscribe();
     let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
     let start = {
         let state = shared.state.lock().expect("state lock");
