@@ -22,7 +22,6 @@ mod metrics;
 mod naming;
 mod proxy;
 mod retry;
-mod rng;
 mod routes;
 mod server;
 mod sync;
