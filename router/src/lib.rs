@@ -20,6 +20,7 @@ mod identify;
 mod mesh;
 mod metrics;
 mod naming;
+mod outcome;
 mod proxy;
 mod retry;
 mod routes;

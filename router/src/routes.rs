@@ -24,11 +24,11 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use waymark_dtab::{Addr, BoundLeaf, Dtab, NameTree, Path};
+use waymark_dtab::{APP_PROTOCOL_KEY, Addr, BoundLeaf, Dtab, NameTree, Path};
 use waymark_interpreter::{BindState, Resolver};
 
 use crate::balance::{self, BalanceSettings, Endpoint};
-use crate::client::{ClientSettings, EndpointClient};
+use crate::client::{ClientSettings, EndpointClient, EndpointProtocol};
 use crate::context::ctx_dtab_value;
 use crate::metrics::{ClientMetrics, EvictionLabels, Metrics, ServiceMetrics};
 use crate::retry::{BudgetConfig, RetryBudget};
@@ -132,6 +132,8 @@ pub(crate) struct Leaf {
 #[derive(Debug)]
 pub(crate) struct Concrete {
     pub(crate) id: Path,
+    /// What the configuration (`client.destinations`) says its endpoints speak.
+    pub(crate) protocol: Option<EndpointProtocol>,
     pub(crate) endpoints: watch::Receiver<Arc<Endpoints>>,
     pub(crate) metrics: Arc<ClientMetrics>,
     /// `l5d-dst-client`, built once.
@@ -520,6 +522,7 @@ impl Routes {
         });
         let concrete = Arc::new(Concrete {
             id: id.clone(),
+            protocol: self.client.destination_protocol(id),
             endpoints,
             dst_client: header_value(&name),
             metrics,
@@ -545,6 +548,11 @@ impl Routes {
             tracing::debug!(evicted, live = self.len(), "idle bindings evicted");
         }
         evicted
+    }
+
+    /// The metrics the bindings are counted in.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// How many bindings are live.
@@ -586,10 +594,17 @@ fn build_endpoints(
             for address in addrs {
                 let sa: SocketAddr = address.socket_addr();
                 let weight = address.weight();
-                if let Some(existing) = current.iter().find(|e| e.addr == sa && e.weight() == weight) {
+                let protocol = address
+                    .meta
+                    .get(APP_PROTOCOL_KEY)
+                    .and_then(|v| v.as_str())
+                    .and_then(EndpointProtocol::from_app_protocol);
+                if let Some(existing) =
+                    current.iter().find(|e| e.addr == sa && e.weight() == weight && e.client.protocol() == protocol)
+                {
                     list.push(existing.clone());
                 } else if !list.iter().any(|e| e.addr == sa) {
-                    let client = EndpointClient::new(sa, client.clone(), metrics.connections.clone());
+                    let client = EndpointClient::new(sa, protocol, client.clone(), metrics.connections.clone());
                     list.push(Arc::new(Endpoint::new(sa, weight, client, balance.clone())));
                 }
             }
@@ -839,6 +854,7 @@ mod tests {
         Tree::Leaf(Leaf {
             concrete: Arc::new(Concrete {
                 id,
+                protocol: None,
                 endpoints: watch::channel(Arc::new(Endpoints::Bound(list))).1,
                 metrics,
                 dst_client: HeaderValue::from_static("-"),
