@@ -1,11 +1,9 @@
 //! `waymark`: the namer, the router and the tools, in one binary. This file only parses the
 //! command line and dispatches; each subcommand lives in its crate.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 /// A dtab-routed service mesh.
 #[derive(Debug, Parser)]
@@ -23,32 +21,13 @@ enum Command {
     Dtab(waymark_cli::DtabArgs),
     /// Explain how a path resolves through a dtab, offline or through the namer.
     Delegate(waymark_cli::DelegateArgs),
-    /// Run the router: the HTTP/1.1, HTTP/2 and gRPC proxy.
-    Router(RouterArgs),
+    /// Run the router: the HTTP/1.1, HTTP/2 and gRPC proxy (also its own binary, `waymark-proxy`).
+    Router(waymark_proxy::RouterArgs),
     /// Start a namer, a router and sample services on this machine, and show what to try.
     Demo(DemoArgs),
     /// A sample service for the demo and the end-to-end tests.
     #[command(hide = true)]
     DemoService(DemoServiceArgs),
-}
-
-#[derive(Debug, Args)]
-struct RouterArgs {
-    /// The YAML configuration; without it, the documented defaults.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// Log output format.
-    #[arg(long, value_enum, default_value_t = LogFormatArg::Plain, env = "WAYMARK_LOG_FORMAT")]
-    log_format: LogFormatArg,
-    /// Initial log filter (changeable at run time on the admin port, `/logging`).
-    #[arg(long, default_value = "info", env = "WAYMARK_LOG")]
-    log: String,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormatArg {
-    Plain,
-    Json,
 }
 
 #[derive(Debug, Args)]
@@ -126,22 +105,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, waymark_cli::Failure> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(fail)
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-}
-
 fn run_namer(args: ServerArgs) -> Result<(), waymark_cli::Failure> {
     let config = match &args.config {
         Some(file) => waymark_namer::NamerConfig::load(file).map_err(fail)?,
@@ -150,53 +113,13 @@ fn run_namer(args: ServerArgs) -> Result<(), waymark_cli::Failure> {
     let log = waymark_admin::init_logging(&config.logging.level, config.logging.format).map_err(fail)?;
     runtime()?.block_on(async {
         let app = waymark_namer::NamerApp::build(config, Some(log)).await.map_err(fail)?;
-        app.run(shutdown_signal()).await;
+        app.run(waymark_proxy::shutdown_signal()).await;
         Ok(())
     })
 }
 
-/// The admin crate's log control, as the router's admin port drives it.
-struct RouterLog(waymark_admin::LogControl);
-
-impl waymark_router::LogControl for RouterLog {
-    fn current(&self) -> String {
-        self.0.current()
-    }
-
-    fn set(&self, filter: &str) -> Result<(), String> {
-        self.0.set(filter)
-    }
-}
-
-fn run_router(args: RouterArgs) -> Result<(), waymark_cli::Failure> {
-    let format = match args.log_format {
-        LogFormatArg::Plain => waymark_admin::LogFormat::Plain,
-        LogFormatArg::Json => waymark_admin::LogFormat::Json,
-    };
-    let log = waymark_admin::init_logging(&args.log, format).map_err(fail)?;
-    let config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
-            waymark_router::RouterConfig::from_yaml(&text).map_err(|e| fail(format!("{}: {e}", path.display())))?
-        }
-        None => waymark_router::RouterConfig::default(),
-    };
-    // One worker: a current-thread runtime does the same work without cross-thread
-    // scheduling (no work stealing, no wake-ups through other threads).
-    let mut runtime = match config.worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(threads) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(threads);
-            builder
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = runtime.enable_all().build().map_err(fail)?;
-    runtime.block_on(async move {
-        let app = waymark_router::App::build(config).await.map_err(fail)?.with_log_control(Arc::new(RouterLog(log)));
-        app.run(shutdown_signal()).await.map_err(fail)
-    })
+fn run_router(args: waymark_proxy::RouterArgs) -> Result<(), waymark_cli::Failure> {
+    waymark_proxy::run(args).map_err(fail)
 }
 
 fn run_demo(args: DemoArgs) -> Result<(), waymark_cli::Failure> {
@@ -209,7 +132,7 @@ fn run_demo(args: DemoArgs) -> Result<(), waymark_cli::Failure> {
         data_dir: args.data_dir,
         keep_data: args.keep_data,
     };
-    runtime()?.block_on(waymark_demo::run(options, shutdown_signal())).map_err(fail)
+    runtime()?.block_on(waymark_demo::run(options, waymark_proxy::shutdown_signal())).map_err(fail)
 }
 
 fn run_demo_service(args: DemoServiceArgs) -> Result<(), waymark_cli::Failure> {
@@ -224,7 +147,7 @@ fn run_demo_service(args: DemoServiceArgs) -> Result<(), waymark_cli::Failure> {
         println!("listening on {}", listener.local_addr().map_err(fail)?);
         tokio::select! {
             served = service.serve(listener) => served.map_err(fail),
-            () = shutdown_signal() => Ok(()),
+            () = waymark_proxy::shutdown_signal() => Ok(()),
         }
     })
 }

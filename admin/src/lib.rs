@@ -1,6 +1,6 @@
-//! The admin port that the namer and the router share: Prometheus metrics, readiness,
-//! liveness and the log level, which can be changed while the process runs. Also the process's
-//! logging set-up (plain or JSON lines), whose filter the admin port controls.
+//! The namer's admin port: Prometheus metrics, readiness, liveness and the log level, which
+//! can be changed while the process runs. The logging set-up itself is `waymark-log`'s,
+//! re-exported here. (The router serves the same routes from plain hyper, without axum.)
 //!
 //! | path | answer |
 //! | --- | --- |
@@ -19,26 +19,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, reload};
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Plain,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Changes the process's log filter at run time.
-#[derive(Clone)]
-pub struct LogControl {
-    handle: reload::Handle<EnvFilter, tracing_subscriber::Registry>,
-}
+pub use waymark_log::{LogControl, LogFormat, init_logging};
 
 /// Decides whether the process is ready to take traffic; `Err` says why not.
 pub type ReadinessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -49,45 +30,6 @@ pub struct Admin {
     registry: Arc<Registry>,
     ready: ReadinessCheck,
     log: Option<LogControl>,
-}
-
-/// Installs the process's logger: `RUST_LOG` if set, else `level`; plain or JSON lines on
-/// standard error. Call once per process, before anything logs.
-pub fn init_logging(level: &str, format: LogFormat) -> Result<LogControl, String> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.is_empty() => EnvFilter::try_new(env),
-        _ => EnvFilter::try_new(level),
-    }
-    .map_err(|e| format!("invalid log filter: {e}"))?;
-    let (filter, handle) = reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Plain => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init(),
-        LogFormat::Json => {
-            registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init()
-        }
-    };
-    result.map_err(|e| format!("cannot install the logger: {e}"))?;
-    Ok(LogControl { handle })
-}
-
-impl LogControl {
-    /// Replaces the log filter.
-    pub fn set(&self, filter: &str) -> Result<(), String> {
-        let filter = EnvFilter::try_new(filter.trim()).map_err(|e| format!("invalid log filter: {e}"))?;
-        self.handle.reload(filter).map_err(|e| e.to_string())
-    }
-
-    /// The current log filter.
-    pub fn current(&self) -> String {
-        self.handle.with_current(|f| f.to_string()).unwrap_or_default()
-    }
-}
-
-impl std::fmt::Debug for LogControl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogControl").field("filter", &self.current()).finish()
-    }
 }
 
 impl Admin {
