@@ -230,14 +230,20 @@ impl Admin {
         if !status.ever_reached {
             return text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: the namer has not answered yet{why}\n"));
         }
+        // Which dtab the router routes by: the namer's version of the namespace, as its HTTP
+        // API shows it in ETag, so that an operator can see which routers have taken a change.
+        let dtab = match &status.version {
+            Some(version) => format!("dtab: namespace {}, version {version}", self.naming.namespace),
+            None => format!("dtab: namespace {}, version not known yet", self.naming.namespace),
+        };
         let bindings = self.routes.len();
         if status.reachable {
-            text(StatusCode::OK, format!("ready\nbindings: {bindings}\n"))
+            text(StatusCode::OK, format!("ready\n{dtab}\nbindings: {bindings}\n"))
         } else {
             // Still ready: the router keeps serving its last known routes.
             text(
                 StatusCode::OK,
-                format!("ready (namer unreachable: serving last known state)\nbindings: {bindings}{why}\n"),
+                format!("ready (namer unreachable: serving last known state)\n{dtab}\nbindings: {bindings}{why}\n"),
             )
         }
     }

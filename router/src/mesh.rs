@@ -13,6 +13,7 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use base64::Engine as _;
 use futures::future::BoxFuture;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
@@ -62,12 +63,11 @@ struct StreamKind {
     open: Gauge,
 }
 
-/// The version bytes as text when they are text, else as hex.
+/// The version as the namer's HTTP API shows it in `ETag` (standard base64 of its bytes), and
+/// so as `waymark dtab get --json` and namerctl show it: an operator compares the two to see
+/// which routers have taken a change.
 fn version_text(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(s) if s.chars().all(|c| !c.is_control()) => s.to_string(),
-        _ => bytes.iter().map(|b| format!("{b:02x}")).collect(),
-    }
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 impl MeshClient {
@@ -387,8 +387,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_show_as_text_or_hex() {
-        assert_eq!(version_text(b"42"), "42");
-        assert_eq!(version_text(&[0, 255]), "00ff");
+    fn versions_show_as_the_namers_etag() {
+        assert_eq!(version_text(&[0, 0, 0, 0, 0, 0, 0, 1]), "AAAAAAAAAAE=");
+        assert_eq!(version_text(b"42"), "NDI=");
     }
 }

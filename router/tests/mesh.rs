@@ -257,7 +257,10 @@ async fn routes_through_the_namer_and_survives_its_loss_and_return() {
     assert_eq!(code, StatusCode::OK, "{tree}");
     assert!(tree.contains(&v1.id()), "{tree}");
     let (_, metrics) = admin_get(admin, "/metrics").await;
-    assert_eq!(metric(&metrics, r#"router_dtab_version{namespace="default",version="1"}"#), Some(1.0), "{metrics}");
+    // The version as the namer's HTTP API shows it (ETag: base64 of the version's bytes).
+    assert_eq!(metric(&metrics, r#"router_dtab_version{namespace="default",version="MQ=="}"#), Some(1.0), "{metrics}");
+    let (_, ready) = admin_get(admin, "/ready").await;
+    assert!(ready.contains("dtab: namespace default, version MQ=="), "{ready}");
     assert!(metric(&metrics, r#"router_namer_streams{kind="bound_tree"}"#).unwrap() >= 1.0);
 
     // A refusal about one name fails that name at once, and the namer is still reachable.
@@ -267,9 +270,19 @@ async fn routes_through_the_namer_and_survives_its_loss_and_return() {
     let (_, metrics) = admin_get(admin, "/metrics").await;
     assert_eq!(metric(&metrics, "router_namer_connected "), Some(1.0));
 
-    // A dtab change reaches the router without a restart.
+    // A dtab change reaches the router without a restart, and the router says which version
+    // it has taken.
     namer.set_dtab(&format!("/svc/web => {}", v2.id()));
     assert!(eventually(100, || async { get(&client, addr, "web", &[]).await.upstream() == "v2" }).await);
+    assert!(
+        eventually(100, || async {
+            let (_, m) = admin_get(admin, "/metrics").await;
+            metric(&m, r#"router_dtab_version{namespace="default",version="Mg=="}"#) == Some(1.0)
+                && !m.contains(r#"version="MQ==""#)
+        })
+        .await
+    );
+    assert!(admin_get(admin, "/ready").await.1.contains("version Mg=="));
 
     // The namer goes away: the router keeps serving what it knew, and says so.
     namer.stop().await;
