@@ -68,7 +68,7 @@ fn out_of_file_descriptors_the_router_sheds_idle_connections_and_never_spins() {
     std::fs::write(
         &config,
         format!(
-            "listeners:\n  - port: {port}\nadmin:\n  port: {admin}\nclient:\n  protocol: http1\ninterpreter:\n  kind: standalone\n  \
+            "listeners:\n  - port: {port}\nadmin:\n  port: {admin}\ninterpreter:\n  kind: standalone\n  \
              dtab: /svc/web => /$/inet/127.0.0.1/{web_port}; /svc/127.0.0.1 => /$/inet/127.0.0.1/{hole_port}\n"
         ),
     )
