@@ -328,3 +328,122 @@ async fn override_bindings_are_bounded_and_plain_bindings_are_not_affected() {
     drop(held);
     namer.stop().await;
 }
+
+/// Waits, generously, for the server to close `stream`; true when it did.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+const SHORT_LIMITS: &str = "{header_read_timeout_ms: 300, idle_timeout_ms: 600}";
+
+/// Finding 2: silent, half-sent and idle connections are closed on every server: the HTTP
+/// API, the gRPC API and the admin port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_half_sent_and_idle_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let namer = common::start(&format!(
+        "interfaces:\n  - kind: io.l5d.httpController\n    limits: {SHORT_LIMITS}\n  - kind: io.l5d.mesh\n    limits: {SHORT_LIMITS}\nadmin:\n  limits: {SHORT_LIMITS}\n"
+    ))
+    .await;
+    for (server, addr) in [("http", namer.http), ("grpc", namer.mesh), ("admin", namer.admin)] {
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        assert!(closed_by_server(&mut silent).await, "{server}: a silent connection is closed");
+
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"GET /live HTTP/1.1\r\nHost: namer\r\n").await.unwrap();
+        assert!(closed_by_server(&mut half).await, "{server}: a half-sent request is closed");
+    }
+    // A keep-alive connection that has finished its request is closed once idle.
+    for addr in [namer.http, namer.admin] {
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /api/1/dtabs HTTP/1.1\r\nHost: namer\r\n\r\n").await.unwrap();
+        let mut first = [0u8; 9];
+        idle.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 ");
+        assert!(closed_by_server(&mut idle).await, "{addr}: an idle keep-alive connection is closed");
+    }
+    // An HTTP/2 client that sends its preface and then nothing is closed once idle.
+    let mut h2 = TcpStream::connect(namer.mesh).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    assert!(closed_by_server(&mut h2).await, "an idle HTTP/2 connection is closed");
+
+    let metrics = client().get(format!("http://{}/metrics", namer.admin)).send().await.unwrap().text().await.unwrap();
+    // The gRPC port speaks HTTP/2 only: the HTTP/1 request is refused at once, not timed out.
+    for (server, closed) in [("http", 2.0), ("grpc", 1.0), ("admin", 2.0)] {
+        let header = metric(
+            &metrics,
+            &format!("waymark_namer_connection_timeouts_total{{server=\"{server}\",reason=\"header_read\"}}"),
+        );
+        assert!(header.unwrap_or(0.0) >= closed, "{server}: {metrics}");
+    }
+    namer.stop().await;
+}
+
+/// Finding 2: a request body that stops arriving fails instead of holding the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_fails() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let namer = common::start(&format!(
+        "interfaces:\n  - kind: io.l5d.httpController\n    limits: {SHORT_LIMITS}\n  - kind: io.l5d.mesh\n"
+    ))
+    .await;
+    let mut stalled = tokio::net::TcpStream::connect(namer.http).await.unwrap();
+    stalled
+        .write_all(b"PUT /api/1/dtabs/web HTTP/1.1\r\nHost: namer\r\nContent-Type: application/dtab\r\nContent-Length: 100\r\n\r\n/svc=>")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), stalled.read_to_end(&mut response)).await;
+    assert!(read.is_ok(), "the connection is answered or closed");
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 4"), "{text}");
+    assert_eq!(client().get(namer.url("/api/1/dtabs/web")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    namer.stop().await;
+}
+
+/// Finding 2: a server holds at most `max_connections`; the rest wait, the limit is counted,
+/// and the admin port, with its own limit, still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_per_server_and_the_cap_is_counted() {
+    use tokio::net::TcpStream;
+
+    let namer = common::start(
+        "interfaces:\n  - kind: io.l5d.httpController\n    limits: {max_connections: 4, header_read_timeout_ms: 60000}\n  - kind: io.l5d.mesh\n",
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(namer.http).await.unwrap());
+    }
+    let waiting = tokio::spawn(client().get(namer.url("/api/1/dtabs")).send());
+    // The fifth connection waits in the listen queue; the limit is counted once it is hit.
+    let admin_metrics = format!("http://{}/metrics", namer.admin);
+    let mut reached = 0.0;
+    for _ in 0..200 {
+        let metrics = client().get(&admin_metrics).send().await.unwrap().text().await.unwrap();
+        reached = metric(&metrics, "waymark_namer_connection_limit_reached_total{server=\"http\"}").unwrap_or(0.0);
+        if reached >= 1.0 {
+            assert_eq!(metric(&metrics, "waymark_namer_open_connections{server=\"http\"}"), Some(4.0), "{metrics}");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(reached >= 1.0, "the limit was reached and counted");
+    assert!(!waiting.is_finished(), "the fifth connection is not served while four are held");
+    drop(held.pop());
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(20), waiting).await;
+    assert_eq!(answered.expect("served once a slot is free").unwrap().unwrap().status(), StatusCode::OK);
+    namer.stop().await;
+}
