@@ -185,14 +185,23 @@ impl NamerApp {
             let routes = Mesh::new(interpreter.clone(), store.clone(), stop.clone(), metrics.clone(), timeout).routes();
             servers.spawn(server.serve(routes.prepare(), stop.clone()));
         }
+        // Not ready while the store or a namer cannot be read: both keep serving their last
+        // good state, and say why here (and in metrics) rather than publish it as routing.
         let health = store.health();
+        let naming = interpreter.clone();
         let ready: ReadinessCheck = Arc::new(move || {
-            let health = health.borrow();
-            match (health.available, health.synced) {
-                (true, true) => Ok(()),
-                (false, _) => Err(format!("store unavailable: {}", health.last_error.as_deref().unwrap_or("unknown"))),
-                (true, false) => Err("store not synced yet".to_string()),
+            let mut problems = Vec::new();
+            {
+                let health = health.borrow();
+                match (health.available, health.synced) {
+                    (true, true) => {}
+                    (false, _) => problems
+                        .push(format!("store unavailable: {}", health.last_error.as_deref().unwrap_or("unknown"))),
+                    (true, false) => problems.push("store not synced yet".to_string()),
+                }
             }
+            problems.extend(naming.namer_problems());
+            if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
         });
         info!(addr = ?admin.local_addr(), "admin listening");
         let admin_router = Admin::new(registry, ready, log).router().merge(api.admin_routes());

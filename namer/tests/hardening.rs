@@ -447,3 +447,65 @@ async fn connections_are_capped_per_server_and_the_cap_is_counted() {
     assert_eq!(answered.expect("served once a slot is free").unwrap().unwrap().status(), StatusCode::OK);
     namer.stop().await;
 }
+
+/// Finding 3: when the `io.l5d.fs` directory cannot be read, the namer keeps its last good
+/// names and addresses, publishes nothing negative, and says so in `/ready` and metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_fs_directory_keeps_the_last_good_routes_and_is_reported() {
+    let parent = tempfile::tempdir().unwrap();
+    let disco = parent.path().join("disco");
+    std::fs::create_dir(&disco).unwrap();
+    std::fs::write(disco.join("web"), "127.0.0.1 8080\n").unwrap();
+    let namer = common::start(&format!(
+        "namers:\n  - kind: io.l5d.fs\n    root_dir: {}\n    poll_interval_ms: 50\n",
+        disco.display()
+    ))
+    .await;
+    write(&namer, reqwest::Method::PUT, "default", "/svc => /#/io.l5d.fs", None).await;
+    let watch = client().get(namer.url("/api/1/bind/default?path=/svc/web&watch=true")).send().await.unwrap();
+    let mut trees = common::Lines::new(watch);
+    assert!(trees.next().await.contains("/#/io.l5d.fs/web"));
+    let ready = format!("http://{}/ready", namer.admin);
+    assert_eq!(client().get(&ready).send().await.unwrap().status(), StatusCode::OK);
+
+    // The directory cannot be listed any more.
+    std::fs::rename(&disco, parent.path().join("moved")).unwrap();
+    std::fs::write(&disco, "not a directory").unwrap();
+    let mut why = String::new();
+    for _ in 0..400 {
+        let response = client().get(&ready).send().await.unwrap();
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            why = response.text().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(why.contains("/#/io.l5d.fs") && why.contains("last good"), "{why}");
+    let metrics = client().get(format!("http://{}/metrics", namer.admin)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&metrics, "waymark_namer_interpreter_namer_available{namer=\"/#/io.l5d.fs\"}"), Some(0.0));
+    assert!(
+        metric(&metrics, "waymark_namer_interpreter_namer_read_failures_total{namer=\"/#/io.l5d.fs\"}").unwrap() >= 1.0
+    );
+    // Nothing was published: the binding and the addresses are what they were.
+    assert!(
+        trees.quiet_for(std::time::Duration::from_millis(500)).await,
+        "no new tree while the directory is unreadable"
+    );
+    let bound =
+        client().get(namer.url("/api/1/bind/default?path=/svc/web")).send().await.unwrap().text().await.unwrap();
+    assert!(bound.contains("/#/io.l5d.fs/web") && bound.contains("8080"), "{bound}");
+
+    // Readable again.
+    std::fs::remove_file(&disco).unwrap();
+    std::fs::rename(parent.path().join("moved"), &disco).unwrap();
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..400 {
+        status = client().get(&ready).send().await.unwrap().status();
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, StatusCode::OK);
+    namer.stop().await;
+}
