@@ -83,6 +83,7 @@ pub struct ServerMetrics {
     open: Family<ServerLabels, Gauge>,
     accepted: Family<ServerLabels, Counter>,
     limit_reached: Family<ServerLabels, Counter>,
+    evicted: Family<ServerLabels, Counter>,
     timeouts: Family<ReasonLabels, Counter>,
     accept_errors: Family<ReasonLabels, Counter>,
 }
@@ -109,6 +110,11 @@ impl ServerMetrics {
             self.limit_reached.clone(),
         );
         registry.register(
+            "connections_evicted",
+            "Connections without a request in progress closed to make room for a new one at the limit",
+            self.evicted.clone(),
+        );
+        registry.register(
             "connection_timeouts",
             "Connections closed for a timeout, by server and reason (header_read, idle)",
             self.timeouts.clone(),
@@ -131,6 +137,10 @@ impl ServerMetrics {
 
     pub(crate) fn limit_reached(&self, server: &'static str) {
         self.limit_reached.get_or_create(&ServerLabels { server }).inc();
+    }
+
+    pub(crate) fn evicted(&self, server: &'static str) {
+        self.evicted.get_or_create(&ServerLabels { server }).inc();
     }
 
     pub(crate) fn timed_out(&self, server: &'static str, reason: &'static str) {

@@ -13,8 +13,11 @@
 //!   traffic and closed when a ping goes unanswered for as long, and every connection has TCP
 //!   keep-alive probes on the same period, so a peer that vanished while holding a watch
 //!   stream is noticed;
-//! - **connections**: at most `max_connections` at once; past it, new connections wait in
-//!   the listen queue and `waymark_namer_connection_limit_reached_total` counts it. The
+//! - **connections**: at most `max_connections` at once. When a new connection arrives at
+//!   the limit, `waymark_namer_connection_limit_reached_total` counts it and the connection
+//!   that has gone longest without a request in progress is closed to make room
+//!   (`waymark_namer_connections_evicted_total`), so that silent or idle sockets can never
+//!   lock clients out; when every connection is busy, new ones wait in the listen queue. The
 //!   default is a share of the process's open-file limit, which the namer raises to its hard
 //!   limit at start, so that connections alone can never exhaust the file descriptors the
 //!   store and the namers need;
@@ -24,10 +27,12 @@
 //! TLS handshakes happen in the connection's own task, under the same header-read timeout,
 //! so a client that never completes one holds neither the accept loop nor a slot for long.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -40,7 +45,7 @@ use hyper_util::server::conn::auto;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -175,11 +180,26 @@ pub(crate) struct StallGuardBody {
 #[error("the request body stalled for more than {0:?}")]
 pub(crate) struct BodyStalled(Duration);
 
-/// Why a connection was closed by its watchdog, for metrics.
+/// Why a connection is closed early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Close {
     HeaderReadTimeout,
     IdleTimeout,
+    /// Room was needed for a new connection, and this one had no request in progress.
+    Evicted,
+}
+
+/// The open connections of one server, so that the one idle the longest can be closed when
+/// the limit is reached.
+#[derive(Default)]
+struct Live {
+    connections: Mutex<HashMap<u64, LiveConnection>>,
+    next_id: AtomicU64,
+}
+
+struct LiveConnection {
+    activity: SharedActivity,
+    evict: Arc<Notify>,
 }
 
 impl ConnectionLimits {
@@ -261,22 +281,23 @@ impl Server {
         let Server { name, listener, tls, protocols, adapt, limits, metrics } = self;
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let connections = TaskTracker::new();
+        let live = Arc::new(Live::default());
         info!(server = name, max_connections = limits.max_connections, "accepting connections");
         loop {
-            let slot = match slots.clone().try_acquire_owned() {
-                Ok(slot) => slot,
-                Err(_) => {
-                    metrics.limit_reached(name);
-                    warn!(server = name, max_connections = limits.max_connections, "connection limit reached");
-                    tokio::select! {
-                        slot = slots.clone().acquire_owned() => match slot {
-                            Ok(slot) => slot,
-                            Err(_) => break,
-                        },
-                        () = shutdown.cancelled() => break,
-                    }
-                }
-            };
+            // At the limit, a connection idle for longest can make room for the next one; when
+            // every connection is busy, the next waits in the listen queue for a slot instead.
+            let mut slot = slots.clone().try_acquire_owned().ok();
+            if slot.is_none() && !live.any_idle() {
+                metrics.limit_reached(name);
+                warn!(server = name, max_connections = limits.max_connections, "connection limit reached");
+                slot = tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => Some(slot),
+                        Err(_) => break,
+                    },
+                    () = shutdown.cancelled() => break,
+                };
+            }
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = shutdown.cancelled() => break,
@@ -295,13 +316,41 @@ impl Server {
                     continue;
                 }
             };
+            let slot = match slot {
+                Some(slot) => slot,
+                None => {
+                    metrics.limit_reached(name);
+                    if live.evict_longest_idle() {
+                        metrics.evicted(name);
+                        debug!(server = name, "connection limit reached; closed the connection idle the longest");
+                    }
+                    tokio::select! {
+                        slot = slots.clone().acquire_owned() => match slot {
+                            Ok(slot) => slot,
+                            Err(_) => break,
+                        },
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+            };
             metrics.opened(name);
-            let (tls, metrics, shutdown) = (tls.clone(), metrics.clone(), shutdown.clone());
+            let activity: SharedActivity = Arc::new(Mutex::new(Activity {
+                in_flight: 0,
+                idle_since: Instant::now(),
+                reading_since: Some(Instant::now()),
+                spoke: false,
+                http2: protocols == Protocols::Http2,
+            }));
+            let (id, evict) = live.add(&activity);
+            let (tls, metrics, shutdown, live) = (tls.clone(), metrics.clone(), shutdown.clone(), live.clone());
             let service = service.clone();
             let span = tracing::debug_span!("connection", server = name, %peer);
+            let connection =
+                Connection { tls, adapt, limits, metrics: metrics.clone(), name, activity, evict, shutdown };
             connections.spawn(
                 async move {
-                    serve_connection(tcp, tls, adapt, protocols, limits, service, &metrics, name, shutdown).await;
+                    connection.serve(tcp, service).await;
+                    live.remove(id);
                     metrics.closed(name);
                     drop(slot);
                 }
@@ -325,114 +374,168 @@ fn out_of_resources(error: &io::Error) -> bool {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve_connection<S, B>(
-    tcp: TcpStream,
+/// One accepted connection and what it is served with.
+struct Connection {
     tls: Option<TlsAcceptor>,
     adapt: Option<Adapt>,
-    protocols: Protocols,
     limits: Limits,
-    service: S,
-    metrics: &ServerMetrics,
+    metrics: ServerMetrics,
     name: &'static str,
+    activity: SharedActivity,
+    evict: Arc<Notify>,
     shutdown: CancellationToken,
-) where
-    S: tower::Service<Request<StallGuardBody>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let _ = tcp.set_nodelay(true);
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(limits.keep_alive_timeout)
-        .with_interval((limits.keep_alive_timeout / 3).max(Duration::from_secs(1)))
-        .with_retries(3);
-    if let Err(error) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
-        debug!(%error, "cannot set TCP keep-alive");
-    }
-    let activity: SharedActivity = Arc::new(Mutex::new(Activity {
-        in_flight: 0,
-        idle_since: Instant::now(),
-        reading_since: Some(Instant::now()),
-        spoke: false,
-        http2: protocols == Protocols::Http2,
-    }));
-    let watched = Watched { inner: tcp, activity: activity.clone(), first_read: true };
-    let io: Box<dyn Io> = match tls {
-        None => Box::new(watched),
-        Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(watched)).await {
-            Ok(Ok(tls)) => {
-                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    lock(&activity).http2 = true;
+}
+
+impl Connection {
+    /// Serves the connection until it ends, is closed for a timeout, is evicted to make room,
+    /// or the server stops.
+    async fn serve<S, B>(self, tcp: TcpStream, service: S)
+    where
+        S: tower::Service<Request<StallGuardBody>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Connection { tls, adapt, limits, metrics, name, activity, evict, shutdown } = self;
+        let _ = tcp.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(limits.keep_alive_timeout)
+            .with_interval((limits.keep_alive_timeout / 3).max(Duration::from_secs(1)))
+            .with_retries(3);
+        if let Err(error) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+            debug!(%error, "cannot set TCP keep-alive");
+        }
+        let http2_only = lock(&activity).http2;
+        let watched = Watched { inner: tcp, activity: activity.clone(), first_read: true };
+        let io: Box<dyn Io> = match tls {
+            None => Box::new(watched),
+            Some(acceptor) => {
+                let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(watched));
+                let handshake = tokio::select! {
+                    handshake = handshake => handshake,
+                    () = evict.notified() => return debug!("closed to make room for a new connection"),
+                    () = shutdown.cancelled() => return,
+                };
+                match handshake {
+                    Ok(Ok(tls)) => {
+                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            lock(&activity).http2 = true;
+                        }
+                        Box::new(tls)
+                    }
+                    Ok(Err(error)) => return debug!(%error, "TLS handshake failed"),
+                    Err(_) => {
+                        metrics.timed_out(name, "header_read");
+                        return debug!("TLS handshake timed out");
+                    }
                 }
-                Box::new(tls)
             }
-            Ok(Err(error)) => return debug!(%error, "TLS handshake failed"),
-            Err(_) => {
+        };
+        let io = match adapt {
+            Some(adapt) => adapt(io),
+            None => io,
+        };
+
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(limits.keep_alive_timeout)
+            .keep_alive_timeout(limits.keep_alive_timeout);
+        if http2_only {
+            builder = builder.http2_only();
+        }
+        let hyper_service = TrackedService { inner: service, activity: activity.clone(), stall: limits.idle_timeout };
+        let connection = builder.serve_connection(TokioIo::new(io), hyper_service);
+        tokio::pin!(connection);
+
+        let check_every = (limits.header_read_timeout.min(limits.idle_timeout) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut watchdog = tokio::time::interval(check_every);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let closing = loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        debug!(error = %error, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = shutdown.cancelled() => break None,
+                () = evict.notified() => break Some(Close::Evicted),
+                _ = watchdog.tick() => {
+                    if let Some(close) = overdue(&activity, &limits) {
+                        break Some(close);
+                    }
+                }
+            }
+        };
+        match closing {
+            Some(Close::HeaderReadTimeout) => {
                 metrics.timed_out(name, "header_read");
-                return debug!("TLS handshake timed out");
+                debug!("request headers did not arrive in time; closing");
             }
-        },
-    };
-    let io = match adapt {
-        Some(adapt) => adapt(io),
-        None => io,
-    };
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(limits.keep_alive_timeout)
-        .keep_alive_timeout(limits.keep_alive_timeout);
-    if protocols == Protocols::Http2 {
-        builder = builder.http2_only();
+            Some(Close::Evicted) => debug!("closed to make room for a new connection"),
+            Some(Close::IdleTimeout) => {
+                metrics.timed_out(name, "idle");
+                debug!("idle; closing");
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await;
+            }
+            None => {
+                connection.as_mut().graceful_shutdown();
+                // Requests in flight finish; the process's own grace period bounds this.
+                let _ = connection.as_mut().await;
+            }
+        }
     }
-    let hyper_service = TrackedService { inner: service, activity: activity.clone(), stall: limits.idle_timeout };
-    let connection = builder.serve_connection(TokioIo::new(io), hyper_service);
-    tokio::pin!(connection);
+}
 
-    let check_every = (limits.header_read_timeout.min(limits.idle_timeout) / 4)
-        .clamp(Duration::from_millis(10), Duration::from_secs(1));
-    let mut watchdog = tokio::time::interval(check_every);
-    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let closing = loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(error) = result {
-                    debug!(error = %error, "connection ended with an error");
-                }
-                return;
+impl Live {
+    fn add(&self, activity: &SharedActivity) -> (u64, Arc<Notify>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let evict = Arc::new(Notify::new());
+        let connection = LiveConnection { activity: activity.clone(), evict: evict.clone() };
+        self.lock().insert(id, connection);
+        (id, evict)
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Whether some connection has no request in progress.
+    fn any_idle(&self) -> bool {
+        self.lock().values().any(|c| lock(&c.activity).in_flight == 0)
+    }
+
+    /// Tells the connection idle the longest to close; false when every one is busy.
+    fn evict_longest_idle(&self) -> bool {
+        let mut connections = self.lock();
+        let longest = connections
+            .iter()
+            .filter_map(|(id, c)| {
+                let activity = lock(&c.activity);
+                (activity.in_flight == 0).then_some((*id, activity.idle_since))
+            })
+            .min_by_key(|(_, since)| *since)
+            .map(|(id, _)| id);
+        match longest.and_then(|id| connections.remove(&id)) {
+            Some(connection) => {
+                connection.evict.notify_one();
+                true
             }
-            () = shutdown.cancelled() => break None,
-            _ = watchdog.tick() => {
-                if let Some(close) = overdue(&activity, &limits) {
-                    break Some(close);
-                }
-            }
+            None => false,
         }
-    };
-    match closing {
-        Some(Close::HeaderReadTimeout) => {
-            metrics.timed_out(name, "header_read");
-            debug!("request headers did not arrive in time; closing");
-        }
-        Some(Close::IdleTimeout) => {
-            metrics.timed_out(name, "idle");
-            debug!("idle; closing");
-            connection.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await;
-        }
-        None => {
-            connection.as_mut().graceful_shutdown();
-            // Requests in flight finish; the process's own grace period bounds this.
-            let _ = connection.as_mut().await;
-        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LiveConnection>> {
+        self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

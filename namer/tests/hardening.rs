@@ -413,38 +413,74 @@ async fn a_stalled_request_body_fails() {
     namer.stop().await;
 }
 
-/// Finding 2: a server holds at most `max_connections`; the rest wait, the limit is counted,
-/// and the admin port, with its own limit, still answers.
+/// Finding 2: a server holds at most `max_connections`. At the limit, the connection idle
+/// the longest makes room for a new one, so silent sockets cannot lock clients out; when every
+/// connection is busy, the new one waits. Both are counted, and the admin port, with its own
+/// limit, still answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_are_capped_per_server_and_the_cap_is_counted() {
+async fn connections_are_capped_per_server_and_idle_ones_make_room() {
     use tokio::net::TcpStream;
 
     let namer = common::start(
         "interfaces:\n  - kind: io.l5d.httpController\n    limits: {max_connections: 4, header_read_timeout_ms: 60000}\n  - kind: io.l5d.mesh\n",
     )
     .await;
-    let mut held = Vec::new();
-    for _ in 0..4 {
-        held.push(TcpStream::connect(namer.http).await.unwrap());
-    }
-    let waiting = tokio::spawn(client().get(namer.url("/api/1/dtabs")).send());
-    // The fifth connection waits in the listen queue; the limit is counted once it is hit.
     let admin_metrics = format!("http://{}/metrics", namer.admin);
-    let mut reached = 0.0;
+    let scrape = || async { client().get(&admin_metrics).send().await.unwrap().text().await.unwrap() };
+
+    // Four silent sockets: a real client is still served, and the oldest socket is closed.
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(TcpStream::connect(namer.http).await.unwrap());
+        // One at a time, so that the first is the oldest.
+        while metric(&scrape().await, "waymark_namer_connections_total{server=\"http\"}").unwrap_or(0.0)
+            < silent.len() as f64
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    let served = client().get(namer.url("/api/1/dtabs")).send().await.unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    assert!(closed_by_server(&mut silent[0]).await, "the oldest silent socket made room");
+    let metrics = scrape().await;
+    assert!(metric(&metrics, "waymark_namer_connections_evicted_total{server=\"http\"}").unwrap() >= 1.0);
+    assert!(metric(&metrics, "waymark_namer_connection_limit_reached_total{server=\"http\"}").unwrap() >= 1.0);
+    drop(silent);
+
+    // Four watch streams in progress: busy connections are never closed for room; the next
+    // client waits until one ends.
+    let mut watches = Vec::new();
+    for _ in 0..4 {
+        let response = client().get(namer.url("/api/1/dtabs?watch=true")).send().await.unwrap();
+        let mut lines = common::Lines::new(response);
+        assert_eq!(lines.next().await, "[]");
+        watches.push(lines);
+    }
+    let reached =
+        |metrics: &str| metric(metrics, "waymark_namer_connection_limit_reached_total{server=\"http\"}").unwrap_or(0.0);
+    let mut before = reached(&scrape().await);
     for _ in 0..200 {
-        let metrics = client().get(&admin_metrics).send().await.unwrap().text().await.unwrap();
-        reached = metric(&metrics, "waymark_namer_connection_limit_reached_total{server=\"http\"}").unwrap_or(0.0);
-        if reached >= 1.0 {
-            assert_eq!(metric(&metrics, "waymark_namer_open_connections{server=\"http\"}"), Some(4.0), "{metrics}");
+        let metrics = scrape().await;
+        if metric(&metrics, "waymark_namer_open_connections{server=\"http\"}") == Some(4.0) {
+            before = reached(&metrics);
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(reached >= 1.0, "the limit was reached and counted");
-    assert!(!waiting.is_finished(), "the fifth connection is not served while four are held");
-    drop(held.pop());
+    let waiting = tokio::spawn(client().get(namer.url("/api/1/dtabs")).send());
+    let mut blocked = false;
+    for _ in 0..200 {
+        if reached(&scrape().await) > before {
+            blocked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(blocked, "the limit was reached again and counted");
+    assert!(!waiting.is_finished(), "a fifth client waits while four requests are in progress");
+    watches.pop();
     let answered = tokio::time::timeout(std::time::Duration::from_secs(20), waiting).await;
-    assert_eq!(answered.expect("served once a slot is free").unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(answered.expect("served once a request ends").unwrap().unwrap().status(), StatusCode::OK);
     namer.stop().await;
 }
 
