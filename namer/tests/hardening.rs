@@ -545,3 +545,63 @@ async fn an_unreadable_fs_directory_keeps_the_last_good_routes_and_is_reported()
     assert_eq!(status, StatusCode::OK);
     namer.stop().await;
 }
+
+/// Finding 8: a write a web page could send cross-site is refused with the reason; the CLI's
+/// and scripts' writes (`application/dtab`, JSON, no `Origin`) keep working.
+#[tokio::test]
+async fn writes_a_web_page_could_send_are_refused() {
+    let namer = common::start("{}").await;
+    let url = namer.url("/api/1/dtabs/web");
+    let attempt = |method: reqwest::Method, content_type: &'static str, origin: Option<String>| {
+        let mut request = client().request(method, &url).header("content-type", content_type).body("/svc=>/evil");
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    let evil = Some("http://evil.example".to_string());
+    for (method, content_type, origin, status) in [
+        (reqwest::Method::POST, "text/plain", evil.clone(), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (reqwest::Method::POST, "text/plain", None, StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (reqwest::Method::POST, "application/x-www-form-urlencoded", None, StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (reqwest::Method::POST, "multipart/form-data; boundary=x", None, StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (reqwest::Method::POST, "application/dtab", evil.clone(), StatusCode::FORBIDDEN),
+        (reqwest::Method::PUT, "application/json", evil.clone(), StatusCode::FORBIDDEN),
+        (reqwest::Method::PUT, "application/dtab", Some("null".to_string()), StatusCode::FORBIDDEN),
+    ] {
+        let response = attempt(method.clone(), content_type, origin.clone()).await.unwrap();
+        assert_eq!(response.status(), status, "{method} {content_type} from {origin:?}");
+        let why = response.text().await.unwrap();
+        assert!(why.contains("refused"), "{why}");
+    }
+    let cross_site = client()
+        .post(&url)
+        .header("content-type", "application/dtab")
+        .header("sec-fetch-site", "cross-site")
+        .body("/svc=>/evil")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), StatusCode::FORBIDDEN);
+    let delete = client().delete(&url).header("origin", "http://evil.example").send().await.unwrap();
+    assert_eq!(delete.status(), StatusCode::FORBIDDEN);
+    assert_eq!(dtab_text(&namer, "web").await.0, StatusCode::NOT_FOUND, "nothing was written");
+
+    // The namer's own origin (a same-origin page, such as a UI it serves) and plain clients may write.
+    let own = Some(format!("http://{}", namer.http));
+    assert_eq!(attempt(reqwest::Method::POST, "application/dtab", own).await.unwrap().status(), StatusCode::NO_CONTENT);
+    let json = client()
+        .put(&url)
+        .header("content-type", "application/json")
+        .body(r#"[{"prefix":"/svc","dst":"/b"}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), StatusCode::NO_CONTENT);
+    assert_eq!(delete_plain(&namer).await, StatusCode::NO_CONTENT);
+    namer.stop().await;
+}
+
+async fn delete_plain(namer: &Namer) -> StatusCode {
+    delete(namer, "web", None).await.status()
+}
