@@ -451,6 +451,9 @@ impl State {
                 object["status"] = json!({"phase": "Active"});
             }
             ("", "Pod") if object.get("status").is_none() => object["status"] = json!({"phase": "Pending"}),
+            ("", "Secret") if object.get("type").is_none_or(|t| t.as_str().is_none_or(str::is_empty)) => {
+                object["type"] = json!("Opaque")
+            }
             ("", "Service") => {
                 if !object.get("spec").is_some_and(Value::is_object) {
                     object["spec"] = json!({});
