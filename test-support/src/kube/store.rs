@@ -254,8 +254,9 @@ impl State {
         if rv < self.compacted {
             return Err(Compacted(self.compacted));
         }
-        let skip = self.history.iter().take_while(|c| c.rv <= rv).count();
-        Ok(self.history.iter().skip(skip).cloned().collect())
+        // Every watch looks here on every change: find the start by bisection.
+        let start = self.history.partition_point(|c| c.rv <= rv);
+        Ok(self.history.range(start..).cloned().collect())
     }
 
     /// The object at `key`, now.
