@@ -11,6 +11,7 @@ use crate::dtab::Dtab;
 use crate::global;
 use crate::path::Path;
 use crate::tree::{NameTree, Weight, Weighted};
+use crate::work::{MAX_WORK, Work};
 
 /// The default limit on lookups in one chain of rewrites, as in Finagle.
 pub const DEFAULT_MAX_DEPTH: usize = 100;
@@ -143,6 +144,9 @@ pub enum BindError {
     /// Binding needed more lookups in all than allowed.
     #[error("binding needs more than {MAX_LOOKUPS} lookups")]
     TooManyLookups,
+    /// Binding needed more work in all than allowed: a very large dtab, destination or path.
+    #[error("binding needs more than {MAX_WORK} steps; the dtab or the path is too large")]
+    TooMuchWork,
     /// A namer failed.
     #[error("{0}")]
     Namer(String),
@@ -176,6 +180,7 @@ struct Binder<'a> {
     alternatives: Alternatives,
     lookups: Vec<NamerLookup>,
     lookups_made: usize,
+    work: Work<'static>,
     /// Set when a safety limit was hit; binding then stops everywhere.
     aborted: Option<BindError>,
 }
@@ -300,6 +305,7 @@ pub fn bind(dtab: &Dtab, namers: &Namers, tree: &NameTree<Path>, options: BindOp
         alternatives: options.alternatives,
         lookups: Vec::new(),
         lookups_made: 0,
+        work: Work::new(MAX_WORK, None),
         aborted: None,
     };
     let tree = tree.map_ref(&mut |p: &Path| Name::Path(p.clone()));
@@ -320,31 +326,35 @@ pub fn bind_path(dtab: &Dtab, namers: &Namers, path: &Path, options: BindOptions
 
 impl Binder<'_> {
     /// One lookup step for an unbound path: the dtab first, the namers if it said `Neg`.
-    fn lookup(&mut self, path: &Path) -> Lookup {
+    ///
+    /// "Said `Neg`" is Finagle's `DefaultInterpreter` rule, exactly: the dtab's answer *is*
+    /// the negative tree, which happens when no dentry matches and also when the one matching
+    /// dentry's destination is `~`. Two matching `~` dentries answer `Alt(~, ~)`, which is not
+    /// `Neg` and does not fall back. Fails when the work it would take passes the budget.
+    fn lookup(&mut self, path: &Path) -> Result<Lookup, BindError> {
         self.lookups_made += 1;
-        let mut matches: Vec<NameTree<Name>> = self
-            .dtab
-            .iter()
-            .rev()
-            .filter(|d| d.prefix().matches(path))
-            .map(|d| {
-                let residual = path.drop(d.prefix().len());
-                d.dst().map_ref(&mut |leaf: &Path| Name::Path(leaf.concat(&residual)))
-            })
-            .collect();
-        match matches.len() {
-            0 => {
-                let (answer, asked) = self.namers.lookup(path);
-                for lookup in asked {
-                    if !self.lookups.contains(&lookup) {
-                        self.lookups.push(lookup);
-                    }
-                }
-                answer
-            }
-            1 => Lookup::Found(matches.pop().unwrap_or(NameTree::Neg)),
-            _ => Lookup::Found(NameTree::Alt(matches)),
+        self.work.charge_lookup(self.dtab.len()).map_err(|_| BindError::TooMuchWork)?;
+        let mut matches: Vec<NameTree<Name>> = Vec::new();
+        for d in self.dtab.iter().rev().filter(|d| d.prefix().matches(path)) {
+            self.work.charge_rewrite(d, path).map_err(|_| BindError::TooMuchWork)?;
+            let residual = path.drop(d.prefix().len());
+            matches.push(d.dst().map_ref(&mut |leaf: &Path| Name::Path(leaf.concat(&residual))));
         }
+        let answer = match matches.len() {
+            0 => NameTree::Neg,
+            1 => matches.pop().unwrap_or(NameTree::Neg),
+            _ => NameTree::Alt(matches),
+        };
+        if !matches!(answer, NameTree::Neg) {
+            return Ok(Lookup::Found(answer));
+        }
+        let (answer, asked) = self.namers.lookup(path);
+        for lookup in asked {
+            if !self.lookups.contains(&lookup) {
+                self.lookups.push(lookup);
+            }
+        }
+        Ok(answer)
     }
 
     fn abort(&mut self, e: BindError) -> BindOutcome {
@@ -367,9 +377,10 @@ impl Binder<'_> {
         match tree {
             NameTree::Leaf(Name::Path(_)) if self.lookups_made >= MAX_LOOKUPS => self.abort(BindError::TooManyLookups),
             NameTree::Leaf(Name::Path(path)) => match self.lookup(path) {
-                Lookup::Found(next) => self.bind(&next, depth + 1, weight, frames + 1),
-                Lookup::Pending => BindOutcome::Pending,
-                Lookup::Failed(message) => BindOutcome::Failed(BindError::Namer(message)),
+                Ok(Lookup::Found(next)) => self.bind(&next, depth + 1, weight, frames + 1),
+                Ok(Lookup::Pending) => BindOutcome::Pending,
+                Ok(Lookup::Failed(message)) => BindOutcome::Failed(BindError::Namer(message)),
+                Err(e) => self.abort(e),
             },
             NameTree::Leaf(Name::Bound(name)) => {
                 BindOutcome::Bound(NameTree::Leaf(BoundLeaf { name: name.clone(), weight }))
@@ -517,6 +528,24 @@ mod tests {
             (0..40).map(|i| format!("/n{i}=>/n{j} & /n{j}", j = i + 1)).collect::<Vec<_>>().join(";").parse().unwrap();
         let binding = bind_path(&dtab, &Namers::new(), &p("/n0"), BindOptions::default());
         assert_eq!(binding.outcome, BindOutcome::Failed(BindError::TooManyLookups));
+    }
+
+    #[test]
+    fn large_dtabs_and_long_paths_are_cut_off_by_work_not_only_lookups() {
+        // Few lookups, each scanning 60,000 dentries.
+        let wide: Dtab = (0..60_000).map(|i| format!("/x{i}=>/y")).collect::<Vec<_>>().join(";").parse().unwrap();
+        let chain: Dtab = (0..50).map(|i| format!("/n{i}=>/n{}", i + 1)).collect::<Vec<_>>().join(";").parse().unwrap();
+        let binding = bind_path(&wide.concat(&chain), &Namers::new(), &p("/n0"), BindOptions::default());
+        assert_eq!(binding.outcome, BindOutcome::Failed(BindError::TooMuchWork));
+        // One rewrite of a wide destination with a long rest of the path on every leaf.
+        let fanout: Dtab =
+            format!("/svc=>{}", (0..5_000).map(|i| format!("/a{i}")).collect::<Vec<_>>().join(" | ")).parse().unwrap();
+        let long = format!("/svc{}", "/x".repeat(1_000));
+        let binding = bind_path(&fanout, &Namers::new(), &p(&long), BindOptions::default());
+        assert_eq!(binding.outcome, BindOutcome::Failed(BindError::TooMuchWork));
+        // The same destination with a short path binds.
+        let binding = bind_path(&fanout, &Namers::new(), &p("/svc/x"), BindOptions::default());
+        assert_eq!(binding.outcome, BindOutcome::Bound(NameTree::Neg));
     }
 
     #[test]

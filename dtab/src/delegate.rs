@@ -3,11 +3,30 @@
 //! Where binding stops at the first alternative that works, delegation explores all of them
 //! and records, at every node, the path being looked up and the dentry that produced it. This
 //! is what namerd's `/api/1/delegate` returns and what the delegator UIs draw.
+//!
+//! A client chooses the dtab and the path, so building a tree is bounded three ways: lookups
+//! ([`MAX_LOOKUPS`]), work ([`MAX_WORK`]: dentries looked at, nodes and labels built) and the
+//! size of the output ([`DelegateLimits::max_output_bytes`]); a caller may also cancel it.
+//! Nodes share their dentries rather than copy them, and output shows a long dentry once
+//! rather than at every node it produced ([`SharedDentries`]).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::AtomicBool;
 
 use crate::bind::{BoundName, Lookup, MAX_LOOKUPS, MAX_RECURSION, Name, Namers};
 use crate::dtab::{Dentry, Dtab};
 use crate::path::Path;
 use crate::tree::{NameTree, Weight};
+use crate::work::{MAX_WORK, Stop, Work};
+
+/// The default limit on the size of a delegation's output, in bytes (as namerd's JSON,
+/// without addresses).
+pub const DEFAULT_MAX_DELEGATION_BYTES: usize = 2 * 1024 * 1024;
+
+/// Dentries whose text is longer than this many bytes are shown once in a delegation's
+/// output, on the first node they produced, rather than on every node; see [`SharedDentries`].
+pub const SHARED_DENTRY_BYTES: usize = 256;
 
 /// One node of a delegation tree: the path looked up here, the dentry that produced it
 /// ([`Dentry::nop`] at the root) and what became of it.
@@ -63,24 +82,126 @@ pub enum DelegateError {
     /// The tree would need more lookups than allowed.
     #[error("delegation needs more than {MAX_LOOKUPS} lookups")]
     TooManyLookups,
+    /// The tree would need more work than allowed: a very large dtab, destination or path.
+    #[error("delegation needs more than {MAX_WORK} steps; the dtab or the path is too large")]
+    TooMuchWork,
+    /// The tree would be larger to show than allowed.
+    #[error("the delegation would take more than {limit} bytes to show")]
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The caller gave up (its request timed out or went away) before the tree was built.
+    #[error("delegation stopped before it completed: its request timed out")]
+    Cancelled,
 }
 
-struct Delegator<'a> {
+/// Limits on one delegation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DelegateLimits {
+    /// The most lookups one chain of rewrites may take, as in binding.
+    pub max_depth: usize,
+    /// The largest output allowed, in bytes of namerd's JSON without addresses (an estimate
+    /// made before anything is written).
+    pub max_output_bytes: usize,
+}
+
+/// Decides, node by node in document order, whether a node of a delegation tree shows its
+/// dentry. The root's [`Dentry::nop`] is never shown. A dentry of up to
+/// [`SHARED_DENTRY_BYTES`] is shown on every node it produced, as namerd does; a longer one
+/// only on the first, and the other nodes it produced leave it out. A dentry with thousands
+/// of alternatives produces thousands of nodes, and repeating it on each would make the output
+/// grow with the square of the dtab.
+#[derive(Debug, Default)]
+pub struct SharedDentries {
+    lengths: HashMap<usize, usize>,
+    shown: HashSet<usize>,
+}
+
+/// Counts what is written to it.
+struct ByteCounter(usize);
+
+struct Delegator<'a, 'c> {
     dtab: &'a Dtab,
     namers: &'a Namers,
     max_depth: usize,
     lookups_made: usize,
+    work: Work<'c>,
 }
 
 /// Builds the simplified delegation tree for `path` through `dtab` and `namers`, exploring
-/// every alternative. `max_depth` limits lookups along one chain, as in binding.
+/// every alternative, within the default limits. `max_depth` limits lookups along one chain,
+/// as in binding.
 pub fn delegate(dtab: &Dtab, namers: &Namers, path: &Path, max_depth: usize) -> Result<DelegateTree, DelegateError> {
-    let mut delegator = Delegator { dtab, namers, max_depth, lookups_made: 0 };
-    let tree = delegator.expand(path.clone(), Dentry::nop(), 0, 0)?;
-    Ok(tree.simplified())
+    delegate_within(dtab, namers, path, DelegateLimits { max_depth, ..DelegateLimits::default() }, None)
 }
 
-impl Delegator<'_> {
+/// [`delegate`] within `limits`, stopping early with [`DelegateError::Cancelled`] once
+/// `cancel` is set (checked at every lookup), so that a caller that gives up does not leave
+/// the work running.
+pub fn delegate_within(
+    dtab: &Dtab,
+    namers: &Namers,
+    path: &Path,
+    limits: DelegateLimits,
+    cancel: Option<&AtomicBool>,
+) -> Result<DelegateTree, DelegateError> {
+    let mut delegator =
+        Delegator { dtab, namers, max_depth: limits.max_depth, lookups_made: 0, work: Work::new(MAX_WORK, cancel) };
+    let tree = delegator.expand(path.clone(), Dentry::nop(), 0, 0)?.simplified();
+    if tree.output_size(limits.max_output_bytes).is_none() {
+        return Err(DelegateError::TooLarge { limit: limits.max_output_bytes });
+    }
+    Ok(tree)
+}
+
+impl Default for DelegateLimits {
+    fn default() -> Self {
+        DelegateLimits { max_depth: crate::bind::DEFAULT_MAX_DEPTH, max_output_bytes: DEFAULT_MAX_DELEGATION_BYTES }
+    }
+}
+
+impl SharedDentries {
+    /// A fresh decision for one rendering of one tree.
+    pub fn new() -> Self {
+        SharedDentries::default()
+    }
+
+    /// Whether the next node, in document order, shows `dentry`.
+    pub fn show(&mut self, dentry: &Dentry) -> bool {
+        if dentry.is_nop() {
+            return false;
+        }
+        self.text_len(dentry) <= SHARED_DENTRY_BYTES || self.shown.insert(dentry.identity())
+    }
+
+    /// The length of the dentry's text, measured once per dentry.
+    pub fn text_len(&mut self, dentry: &Dentry) -> usize {
+        *self.lengths.entry(dentry.identity()).or_insert_with(|| {
+            let mut counter = ByteCounter(0);
+            let _ = fmt::write(&mut counter, format_args!("{dentry}"));
+            counter.0
+        })
+    }
+}
+
+impl fmt::Write for ByteCounter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0 += s.len();
+        Ok(())
+    }
+}
+
+impl From<Stop> for DelegateError {
+    fn from(stop: Stop) -> Self {
+        match stop {
+            Stop::Exhausted => DelegateError::TooMuchWork,
+            Stop::Cancelled => DelegateError::Cancelled,
+        }
+    }
+}
+
+impl Delegator<'_, '_> {
     /// Expands the node for unbound `path`, produced by `dentry`.
     /// `depth` counts lookups along this chain; `frames` counts recursion, to bound the
     /// stack and the depth of the result.
@@ -101,8 +222,14 @@ impl Delegator<'_> {
         if self.lookups_made > MAX_LOOKUPS {
             return Err(DelegateError::TooManyLookups);
         }
-        let matches: Vec<(Dentry, NameTree<Path>)> =
-            self.dtab.iter().rev().filter_map(|d| d.rewrite(&path).map(|tree| (d.clone(), tree))).collect();
+        self.work.charge_lookup(self.dtab.len())?;
+        let mut matches: Vec<(Dentry, NameTree<Path>)> = Vec::new();
+        for d in self.dtab.iter().rev().filter(|d| d.prefix().matches(&path)) {
+            self.work.charge_rewrite(d, &path)?;
+            if let Some(tree) = d.rewrite(&path) {
+                matches.push((d.clone(), tree));
+            }
+        }
         let node = match matches.len() {
             0 => {
                 let (answer, _) = self.namers.lookup(&path);
@@ -181,7 +308,7 @@ impl Delegator<'_> {
                 let children = branches
                     .iter()
                     .map(|w| Ok((w.weight, self.convert_or_exception(path, dentry, &w.tree, depth, frames + 1)?)))
-                    .collect::<Result<_, _>>()?;
+                    .collect::<Result<_, DelegateError>>()?;
                 at(DelegateNode::Union(children))
             }
             NameTree::Fail => at(DelegateNode::Fail),
@@ -242,6 +369,46 @@ impl DelegateTree {
         }
     }
 
+    /// About how many bytes namerd's JSON for this tree takes without addresses, sharing long
+    /// dentries as [`SharedDentries`] does; `None` once that passes `limit`. It walks the
+    /// tree once, in document order, and stops as soon as the limit is passed.
+    pub fn output_size(&self, limit: usize) -> Option<usize> {
+        /// The bytes of a node's type tag, keys, quotes and punctuation.
+        const NODE: usize = 40;
+        let path_len = |path: &Path| path.labels().iter().map(|l| l.as_bytes().len() + 1).sum::<usize>().max(1);
+        let mut dentries = SharedDentries::new();
+        let mut size = 0usize;
+        let mut stack = vec![self];
+        while let Some(tree) = stack.pop() {
+            size += NODE + path_len(&tree.path);
+            if dentries.show(&tree.dentry) {
+                size += 32 + dentries.text_len(&tree.dentry);
+            }
+            let mut children: Vec<&DelegateTree> = Vec::new();
+            match &tree.node {
+                DelegateNode::Delegate(child) => children.push(child),
+                DelegateNode::Alt(trees) => children.extend(trees),
+                DelegateNode::Union(branches) => {
+                    size += 32 * branches.len();
+                    children.extend(branches.iter().map(|(_, t)| t));
+                }
+                DelegateNode::Leaf(name) => size += NODE + path_len(name.id()) + path_len(name.residual()),
+                DelegateNode::Exception(message) => size += 16 + message.len(),
+                DelegateNode::Transformation { name, bound, tree } => {
+                    size += NODE + name.len() + path_len(bound.id()) + path_len(bound.residual());
+                    children.push(tree);
+                }
+                DelegateNode::Neg | DelegateNode::Fail | DelegateNode::Empty => {}
+            }
+            if size > limit {
+                return None;
+            }
+            // Reversed, so that the first child is visited first, as it is written.
+            stack.extend(children.into_iter().rev());
+        }
+        Some(size)
+    }
+
     /// Every bound name in the tree, in tree order.
     pub fn bound_names(&self) -> Vec<&BoundName> {
         let mut out = Vec::new();
@@ -258,5 +425,74 @@ impl DelegateTree {
             DelegateNode::Transformation { tree, .. } => tree.collect_bound(out),
             DelegateNode::Neg | DelegateNode::Fail | DelegateNode::Empty | DelegateNode::Exception(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::json::{DelegateJson, delegate_json_within};
+
+    fn fanout(n: usize) -> Dtab {
+        format!("/svc=>{}", (0..n).map(|i| format!("/a{i}")).collect::<Vec<_>>().join(" | ")).parse().unwrap()
+    }
+
+    fn json(tree: &DelegateTree) -> String {
+        serde_json::to_string(&DelegateJson::from_tree(tree, &mut |_| None)).unwrap()
+    }
+
+    #[test]
+    fn a_wide_alternative_is_explained_in_output_linear_in_the_dtab() {
+        let dtab = fanout(5_000);
+        let dentry_text = dtab.dentries()[0].dst().to_string();
+        let tree = delegate(&dtab, &Namers::new(), &"/svc/web".parse().unwrap(), 100).unwrap();
+        let DelegateNode::Alt(children) = &tree.node else { panic!("{tree:?}") };
+        assert_eq!(children.len(), 5_000);
+        // Every child shares the one dentry rather than holding a copy.
+        assert!(children.iter().all(|c| c.dentry.is_same(&dtab.dentries()[0])));
+        let text = json(&tree);
+        assert_eq!(text.matches(&dentry_text).count(), 1, "the long dentry is shown once");
+        assert!(text.len() < 2 * dentry_text.len() + 60 * 5_000, "{} bytes", text.len());
+        // Streamed straight from the tree, the JSON is the same.
+        assert_eq!(delegate_json_within(&tree, &|_| None, usize::MAX).unwrap(), text);
+        assert!(delegate_json_within(&tree, &|_| None, text.len() - 1).is_err());
+    }
+
+    #[test]
+    fn short_dentries_are_repeated_on_every_node_as_namerd_does() {
+        let dtab: Dtab = "/svc=>/a | /b".parse().unwrap();
+        let tree = delegate(&dtab, &Namers::new(), &"/svc".parse().unwrap(), 100).unwrap();
+        assert_eq!(json(&tree).matches(r#""dentry":{"prefix":"/svc","dst":"/a | /b"}"#).count(), 2);
+    }
+
+    #[test]
+    fn delegation_is_bounded_in_lookups_work_and_output() {
+        let namers = Namers::new();
+        let svc: Path = "/svc".parse().unwrap();
+        assert_eq!(delegate(&fanout(20_000), &namers, &svc, 100), Err(DelegateError::TooManyLookups));
+        // Each of a few thousand leaves would carry a path of a thousand labels.
+        let long: Path = format!("/svc{}", "/x".repeat(1_000)).parse().unwrap();
+        assert_eq!(delegate(&fanout(3_000), &namers, &long, 100), Err(DelegateError::TooMuchWork));
+        let limits = DelegateLimits { max_depth: 100, max_output_bytes: 10_000 };
+        assert_eq!(
+            delegate_within(&fanout(1_000), &namers, &svc, limits, None),
+            Err(DelegateError::TooLarge { limit: 10_000 })
+        );
+    }
+
+    #[test]
+    fn a_cancelled_delegation_stops() {
+        let cancel = AtomicBool::new(true);
+        cancel.store(true, Ordering::Relaxed);
+        let result = delegate_within(
+            &fanout(10),
+            &Namers::new(),
+            &"/svc".parse().unwrap(),
+            DelegateLimits::default(),
+            Some(&cancel),
+        );
+        assert_eq!(result, Err(DelegateError::Cancelled));
     }
 }

@@ -10,10 +10,13 @@ use crate::tree::NameTree;
 
 /// One delegation rule: paths matching `prefix` are rewritten to `dst`, with the rest of the
 /// path appended to every leaf.
+///
+/// Cloning is cheap (the destination is shared), so that every node of a delegation tree can
+/// name the dentry that produced it without copying it.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Dentry {
     prefix: Prefix,
-    dst: NameTree<Path>,
+    dst: Arc<NameTree<Path>>,
 }
 
 /// An ordered list of dentries. Later dentries take precedence, so appending overrides.
@@ -23,19 +26,20 @@ pub struct Dtab(Arc<[Dentry]>);
 impl Dentry {
     /// A dentry rewriting `prefix` to `dst`.
     pub fn new(prefix: Prefix, dst: NameTree<Path>) -> Self {
-        Dentry { prefix, dst }
+        Dentry { prefix, dst: Arc::new(dst) }
     }
 
     /// The placeholder dentry Finagle uses at the root of a delegation tree: a prefix made of
     /// the single label `/` (which no parsed prefix can hold) and a negative destination.
     pub fn nop() -> Self {
         let slash = Label::new(*b"/").unwrap_or_else(|_| unreachable!("non-empty"));
-        Dentry { prefix: Prefix::new(vec![PrefixElem::Label(slash)]), dst: NameTree::Neg }
+        Dentry { prefix: Prefix::new(vec![PrefixElem::Label(slash)]), dst: Arc::new(NameTree::Neg) }
     }
 
     /// True for [`Dentry::nop`].
     pub fn is_nop(&self) -> bool {
-        *self == Dentry::nop()
+        matches!(*self.dst, NameTree::Neg)
+            && matches!(self.prefix.elems(), [PrefixElem::Label(label)] if label.as_bytes() == b"/")
     }
 
     /// The left-hand side.
@@ -46,6 +50,17 @@ impl Dentry {
     /// The right-hand side.
     pub fn dst(&self) -> &NameTree<Path> {
         &self.dst
+    }
+
+    /// True when `other` is this very dentry (a clone of it), not merely an equal one. Cheap,
+    /// where equality compares whole destinations.
+    pub fn is_same(&self, other: &Dentry) -> bool {
+        Arc::ptr_eq(&self.dst, &other.dst) && self.prefix == other.prefix
+    }
+
+    /// An identity for this dentry and its clones, for memoising work per dentry.
+    pub(crate) fn identity(&self) -> usize {
+        Arc::as_ptr(&self.dst) as usize
     }
 
     /// When the prefix matches `path`, the destination with the unmatched rest of `path`
@@ -152,7 +167,7 @@ impl Dtab {
                 .iter()
                 .filter_map(|d| match d.dst.simplified() {
                     NameTree::Neg => None,
-                    dst => Some(Dentry { prefix: d.prefix.clone(), dst }),
+                    dst => Some(Dentry::new(d.prefix.clone(), dst)),
                 })
                 .collect(),
         )

@@ -5,11 +5,13 @@
 //! Field order and omission follow namerd: the `type` tag first, then `path`, then `dentry`
 //! (left out for the root's no-op dentry), then the node's own fields.
 
+use std::cell::RefCell;
+
 use serde::{Deserialize, Serialize};
 
 use crate::addr::Addr;
 use crate::bind::{BoundLeaf, BoundName};
-use crate::delegate::{DelegateNode, DelegateTree};
+use crate::delegate::{DelegateNode, DelegateTree, SharedDentries};
 use crate::dtab::{Dentry, Dtab};
 use crate::parse::ParseError;
 use crate::tree::NameTree;
@@ -243,45 +245,192 @@ impl BoundTreeJson {
 }
 
 impl DelegateJson {
-    /// The JSON for a delegation tree; `addr_of` supplies each leaf's address set.
+    /// The JSON for a delegation tree; `addr_of` supplies each leaf's address set. Long
+    /// dentries are shown once, as [`SharedDentries`] decides.
     pub fn from_tree(tree: &DelegateTree, addr_of: &mut dyn FnMut(&BoundName) -> Option<Addr>) -> Self {
-        let path = tree.path.to_string();
-        let dentry = (!tree.dentry.is_nop()).then(|| DentryJson::from(&tree.dentry));
+        Self::from_tree_sharing(tree, addr_of, &mut SharedDentries::new())
+    }
+
+    fn from_tree_sharing(
+        tree: &DelegateTree,
+        addr_of: &mut dyn FnMut(&BoundName) -> Option<Addr>,
+        shared: &mut SharedDentries,
+    ) -> Self {
+        let path = shown_path(tree);
+        let dentry = shared.show(&tree.dentry).then(|| DentryJson::from(&tree.dentry));
         match &tree.node {
-            DelegateNode::Delegate(child) => {
-                DelegateJson::Delegate { path, dentry, delegate: Box::new(Self::from_tree(child, addr_of)) }
-            }
-            DelegateNode::Alt(children) => {
-                DelegateJson::Alt { path, dentry, alt: children.iter().map(|c| Self::from_tree(c, addr_of)).collect() }
-            }
+            DelegateNode::Delegate(child) => DelegateJson::Delegate {
+                path,
+                dentry,
+                delegate: Box::new(Self::from_tree_sharing(child, addr_of, shared)),
+            },
+            DelegateNode::Alt(children) => DelegateJson::Alt {
+                path,
+                dentry,
+                alt: children.iter().map(|c| Self::from_tree_sharing(c, addr_of, shared)).collect(),
+            },
             DelegateNode::Union(branches) => DelegateJson::Union {
                 path,
                 dentry,
                 union: branches
                     .iter()
-                    .map(|(w, t)| WeightedJson { weight: w.get(), tree: Self::from_tree(t, addr_of) })
+                    .map(|(w, t)| WeightedJson { weight: w.get(), tree: Self::from_tree_sharing(t, addr_of, shared) })
                     .collect(),
             },
             DelegateNode::Leaf(name) => DelegateJson::Leaf { path, dentry, bound: BoundJson::new(name, addr_of(name)) },
-            DelegateNode::Neg => {
-                let path = if tree.path.is_empty() { "~".to_string() } else { path };
-                DelegateJson::Neg { path, dentry }
-            }
-            DelegateNode::Fail => {
-                let under_fail = tree.path.labels().len() >= 2
-                    && tree.path.labels()[0].as_bytes() == b"$"
-                    && tree.path.labels()[1].as_bytes() == b"fail";
-                let path = if under_fail { path } else { "!".to_string() };
-                DelegateJson::Fail { path, dentry }
-            }
+            DelegateNode::Neg => DelegateJson::Neg { path, dentry },
+            DelegateNode::Fail => DelegateJson::Fail { path, dentry },
             DelegateNode::Empty => DelegateJson::Empty { path, dentry },
             DelegateNode::Exception(message) => DelegateJson::Exception { path, dentry, message: message.clone() },
             DelegateNode::Transformation { name, bound, tree: child } => DelegateJson::Transformation {
                 path,
                 name: name.clone(),
                 bound: BoundJson::new(bound, addr_of(bound)),
-                tree: Box::new(Self::from_tree(child, addr_of)),
+                tree: Box::new(Self::from_tree_sharing(child, addr_of, shared)),
             },
         }
+    }
+}
+
+/// The output of [`delegate_json_within`] would have passed its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the delegation's JSON would be longer than {limit} bytes")]
+pub struct OutputTooLarge {
+    /// The limit, in bytes.
+    pub limit: usize,
+}
+
+/// Writes namerd's JSON for a delegation tree straight from the tree, as
+/// [`DelegateJson::from_tree`] would render it, without building it in memory first and
+/// without copying address sets: `addr_of` lends each leaf's. Stops with [`OutputTooLarge`]
+/// once the text passes `max_bytes`, so that a tree with large address sets cannot make an
+/// arbitrarily large response.
+pub fn delegate_json_within<'a>(
+    tree: &'a DelegateTree,
+    addr_of: &'a dyn Fn(&BoundName) -> Option<&'a Addr>,
+    max_bytes: usize,
+) -> Result<String, OutputTooLarge> {
+    let shared = RefCell::new(SharedDentries::new());
+    let view = DelegateView { tree, addr_of, shared: &shared };
+    let mut out = CappedBuffer { bytes: Vec::new(), limit: max_bytes };
+    serde_json::to_writer(&mut out, &view).map_err(|_| OutputTooLarge { limit: max_bytes })?;
+    String::from_utf8(out.bytes).map_err(|_| OutputTooLarge { limit: max_bytes })
+}
+
+/// The path a delegation node shows: `~` for an explicit `~`, `!` for a failure other than
+/// under `/$/fail`.
+fn shown_path(tree: &DelegateTree) -> String {
+    match &tree.node {
+        DelegateNode::Neg if tree.path.is_empty() => "~".to_string(),
+        DelegateNode::Fail => {
+            let labels = tree.path.labels();
+            let under_fail = labels.len() >= 2 && labels[0].as_bytes() == b"$" && labels[1].as_bytes() == b"fail";
+            if under_fail { tree.path.to_string() } else { "!".to_string() }
+        }
+        _ => tree.path.to_string(),
+    }
+}
+
+/// A delegation node, serialised in place.
+struct DelegateView<'a, 's> {
+    tree: &'a DelegateTree,
+    addr_of: &'a dyn Fn(&BoundName) -> Option<&'a Addr>,
+    shared: &'s RefCell<SharedDentries>,
+}
+
+/// A bound name with a borrowed address set, serialised as [`BoundJson`].
+struct BoundView<'a> {
+    name: &'a BoundName,
+    addr: Option<&'a Addr>,
+}
+
+/// A vector that refuses to grow past its limit.
+struct CappedBuffer {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl<'a, 's> DelegateView<'a, 's> {
+    fn child(&self, tree: &'a DelegateTree) -> DelegateView<'a, 's> {
+        DelegateView { tree, addr_of: self.addr_of, shared: self.shared }
+    }
+
+    fn bound(&self, name: &'a BoundName) -> BoundView<'a> {
+        BoundView { name, addr: (self.addr_of)(name) }
+    }
+}
+
+impl Serialize for DelegateView<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+
+        let tree = self.tree;
+        let kind = match &tree.node {
+            DelegateNode::Delegate(_) => "delegate",
+            DelegateNode::Alt(_) => "alt",
+            DelegateNode::Union(_) => "union",
+            DelegateNode::Leaf(_) => "leaf",
+            DelegateNode::Neg => "neg",
+            DelegateNode::Fail => "fail",
+            DelegateNode::Empty => "empty",
+            DelegateNode::Exception(_) => "exception",
+            DelegateNode::Transformation { .. } => "transformation",
+        };
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("type", kind)?;
+        map.serialize_entry("path", &shown_path(tree))?;
+        if let DelegateNode::Transformation { name, bound, tree: child } = &tree.node {
+            map.serialize_entry("name", name)?;
+            map.serialize_entry("bound", &self.bound(bound))?;
+            map.serialize_entry("tree", &self.child(child))?;
+            return map.end();
+        }
+        if self.shared.borrow_mut().show(&tree.dentry) {
+            map.serialize_entry("dentry", &DentryJson::from(&tree.dentry))?;
+        }
+        match &tree.node {
+            DelegateNode::Delegate(child) => map.serialize_entry("delegate", &self.child(child))?,
+            DelegateNode::Alt(children) => {
+                let children: Vec<DelegateView<'_, '_>> = children.iter().map(|c| self.child(c)).collect();
+                map.serialize_entry("alt", &children)?;
+            }
+            DelegateNode::Union(branches) => {
+                let branches: Vec<WeightedJson<DelegateView<'_, '_>>> =
+                    branches.iter().map(|(w, t)| WeightedJson { weight: w.get(), tree: self.child(t) }).collect();
+                map.serialize_entry("union", &branches)?;
+            }
+            DelegateNode::Leaf(name) => map.serialize_entry("bound", &self.bound(name))?,
+            DelegateNode::Exception(message) => map.serialize_entry("message", message)?,
+            DelegateNode::Neg | DelegateNode::Fail | DelegateNode::Empty | DelegateNode::Transformation { .. } => {}
+        }
+        map.end()
+    }
+}
+
+impl Serialize for BoundView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(addr) = self.addr {
+            map.serialize_entry("addr", addr)?;
+        }
+        map.serialize_entry("id", &self.name.id().to_string())?;
+        map.serialize_entry("path", &self.name.residual().to_string())?;
+        map.end()
+    }
+}
+
+impl std::io::Write for CappedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.limit {
+            return Err(std::io::Error::other("output limit reached"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

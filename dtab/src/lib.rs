@@ -29,14 +29,19 @@ pub mod json;
 mod parse;
 mod path;
 mod tree;
+mod work;
 
 pub use addr::{ADDR_WEIGHT_KEY, Addr, Address};
 pub use bind::{
     Alternatives, BindError, BindOptions, BindOutcome, Binding, BoundLeaf, BoundName, DEFAULT_MAX_DEPTH, Lookup,
     MAX_LOOKUPS, MAX_RECURSION, MountError, Name, Namer, NamerLookup, Namers, bind, bind_path,
 };
-pub use delegate::{DelegateError, DelegateNode, DelegateTree, delegate};
+pub use delegate::{
+    DEFAULT_MAX_DELEGATION_BYTES, DelegateError, DelegateLimits, DelegateNode, DelegateTree, SHARED_DENTRY_BYTES,
+    SharedDentries, delegate, delegate_within,
+};
 pub use dtab::{Dentry, Dtab};
 pub use parse::{MAX_INPUT_BYTES, MAX_NESTING, ParseError};
 pub use path::{EmptyLabel, Label, Path, Prefix, PrefixElem, is_label_char};
 pub use tree::{InvalidWeight, NameTree, Weight, Weighted};
+pub use work::MAX_WORK;

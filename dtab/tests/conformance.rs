@@ -233,6 +233,14 @@ fn check_delegate(v: &Value) -> Check {
     let tree = delegate(&dtab(v, "dtab")?, &namers(v)?, &path(v, "path")?, waymark_dtab::DEFAULT_MAX_DEPTH)
         .map_err(|e| format!("delegation failed: {e}"))?;
     let mut got = serde_json::to_value(DelegateJson::from_tree(&tree, &mut addr_of)).map_err(|e| e.to_string())?;
+    // The streaming writer renders exactly the same document.
+    let addrs: std::collections::HashMap<BoundName, Addr> =
+        tree.bound_names().into_iter().filter_map(|n| Some((n.clone(), addr_of(n)?))).collect();
+    let streamed =
+        waymark_dtab::json::delegate_json_within(&tree, &|n| addrs.get(n), usize::MAX).map_err(|e| e.to_string())?;
+    if serde_json::from_str::<Value>(&streamed).map_err(|e| e.to_string())? != got {
+        return Err(format!("streamed delegate JSON differs:\n  {streamed}\n  {got}"));
+    }
     let want = field(v, "tree_shape")?;
     strip_unexpected_addrs(&mut got, want);
     if json_equal(&got, want) { Ok(()) } else { Err(format!("delegate tree:\n  got  {got}\n  want {want}")) }

@@ -1,6 +1,7 @@
 //! The interpreter: watched bindings and watched address sets, shared and evicted when idle.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,12 +10,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{Instrument, debug, debug_span, warn};
 use waymark_dtab::global::{self, InetTarget, strip_transformer_prefix};
 use waymark_dtab::{
-    Addr, Alternatives, BindOptions, BindOutcome, DelegateError, DelegateTree, Dtab, Lookup, MountError, Name,
-    NameTree, Namers, Path,
+    Addr, Alternatives, BindOptions, BindOutcome, DEFAULT_MAX_DELEGATION_BYTES, DelegateError, DelegateLimits,
+    DelegateTree, Dtab, Lookup, MountError, Name, NameTree, Namers, Path,
 };
 
 use crate::dns::{Dns, DnsFailure};
@@ -32,6 +33,15 @@ pub struct InterpreterOptions {
     pub idle_ttl: Duration,
     /// How often host names of `/$/inet` ids are resolved again.
     pub dns_refresh: Duration,
+    /// The most bindings with a per-request dtab (an override) kept at once. Past it, idle
+    /// ones are dropped early, and when none is idle a new override fails to bind; bindings
+    /// without an override are never affected.
+    pub max_override_bindings: usize,
+    /// The most bytes of override dtab text those bindings may hold in all, with the same
+    /// consequences.
+    pub max_override_bytes: usize,
+    /// The largest delegation output, in bytes of namerd's JSON without addresses.
+    pub max_delegation_bytes: usize,
 }
 
 /// Metrics of an interpreter.
@@ -41,6 +51,10 @@ pub struct InterpreterMetrics {
     binds: Counter,
     active_bindings: Gauge,
     active_address_sets: Gauge,
+    override_bindings: Gauge,
+    override_bytes: Gauge,
+    overrides_evicted: Counter,
+    overrides_refused: Counter,
 }
 
 /// Binds names and resolves bound ids, keeping every result current as watches.
@@ -76,8 +90,26 @@ struct Inner {
     dns: Dns,
     options: InterpreterOptions,
     metrics: InterpreterMetrics,
-    bindings: Mutex<HashMap<BindKey, watch::Sender<BindState>>>,
+    bindings: Mutex<Bindings>,
     address_sets: Mutex<HashMap<Path, watch::Sender<Addr>>>,
+    /// Permits for work whose size a client chooses (delegations, bindings with a large or
+    /// client-given dtab), run on blocking threads: at most one per core at once.
+    heavy: Semaphore,
+}
+
+/// Every binding kept current, and what the overrides among them hold.
+#[derive(Default)]
+struct Bindings {
+    entries: HashMap<BindKey, BindingEntry>,
+    override_count: usize,
+    override_bytes: usize,
+}
+
+/// One binding: its watch, a way to stop it early, and the override bytes it holds.
+struct BindingEntry {
+    tx: watch::Sender<BindState>,
+    stop: Arc<Notify>,
+    override_bytes: usize,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -94,6 +126,9 @@ impl Default for InterpreterOptions {
             max_depth: waymark_dtab::DEFAULT_MAX_DEPTH,
             idle_ttl: Duration::from_secs(60),
             dns_refresh: Duration::from_secs(5),
+            max_override_bindings: 10_000,
+            max_override_bytes: 32 * 1024 * 1024,
+            max_delegation_bytes: DEFAULT_MAX_DELEGATION_BYTES,
         }
     }
 }
@@ -105,6 +140,10 @@ impl Default for InterpreterMetrics {
             binds: Counter::default(),
             active_bindings: Gauge::default(),
             active_address_sets: Gauge::default(),
+            override_bindings: Gauge::default(),
+            override_bytes: Gauge::default(),
+            overrides_evicted: Counter::default(),
+            overrides_refused: Counter::default(),
         }
     }
 }
@@ -116,6 +155,26 @@ impl InterpreterMetrics {
         registry.register("binds", "Bindings computed (first binds and re-binds)", self.binds.clone());
         registry.register("active_bindings", "Bindings kept current for watchers", self.active_bindings.clone());
         registry.register("active_address_sets", "Address sets kept current", self.active_address_sets.clone());
+        registry.register(
+            "override_bindings",
+            "Bindings with a per-request dtab kept current",
+            self.override_bindings.clone(),
+        );
+        registry.register(
+            "override_binding_bytes",
+            "Bytes of per-request dtab text held by bindings",
+            self.override_bytes.clone(),
+        );
+        registry.register(
+            "override_bindings_evicted",
+            "Idle bindings with a per-request dtab dropped early to stay within the override limits",
+            self.overrides_evicted.clone(),
+        );
+        registry.register(
+            "override_bindings_refused",
+            "Bindings with a per-request dtab refused because the override limits were reached",
+            self.overrides_refused.clone(),
+        );
     }
 }
 
@@ -141,6 +200,7 @@ impl Interpreter {
             metrics: InterpreterMetrics::default(),
             bindings: Mutex::default(),
             address_sets: Mutex::default(),
+            heavy: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()).max(2)),
         };
         Ok(Interpreter { inner: Arc::new(inner) })
     }
@@ -187,16 +247,37 @@ impl Interpreter {
     ) -> watch::Receiver<BindState> {
         let key = BindKey { namespace: namespace.into(), path: path.clone(), local: local.clone(), alternatives };
         let mut bindings = lock(&self.inner.bindings);
-        if let Some(tx) = bindings.get(&key) {
-            return tx.subscribe();
+        if let Some(entry) = bindings.entries.get(&key) {
+            return entry.tx.subscribe();
+        }
+        // An override is client-chosen: it is counted, and bounded by count and bytes.
+        let override_bytes = if local.is_empty() { 0 } else { local.to_string().len().max(1) };
+        if override_bytes > 0 && !self.inner.make_room_for_override(&mut bindings, override_bytes) {
+            drop(bindings);
+            self.inner.metrics.overrides_refused.inc();
+            let options = &self.inner.options;
+            warn!(
+                max_override_bindings = options.max_override_bindings,
+                max_override_bytes = options.max_override_bytes,
+                "refusing to bind another dtab override: the override limits are reached and none is idle"
+            );
+            return refused(format!(
+                "too many distinct dtab overrides are bound at once (at most {} bindings, {} bytes); try again later",
+                options.max_override_bindings, options.max_override_bytes
+            ));
         }
         let tx = watch::Sender::new(BindState::Pending);
         let rx = tx.subscribe();
-        bindings.insert(key.clone(), tx.clone());
-        self.inner.metrics.active_bindings.set(bindings.len() as i64);
+        let stop = Arc::new(Notify::new());
+        bindings.entries.insert(key.clone(), BindingEntry { tx: tx.clone(), stop: stop.clone(), override_bytes });
+        if override_bytes > 0 {
+            bindings.override_count += 1;
+            bindings.override_bytes += override_bytes;
+        }
+        self.inner.count_bindings(&bindings);
         drop(bindings);
         let span = debug_span!("binding", ns = %key.namespace, path = %key.path, local = %key.local);
-        tokio::spawn(keep_binding(self.inner.clone(), key, tx).instrument(span));
+        tokio::spawn(keep_binding(self.inner.clone(), key, tx, stop).instrument(span));
         rx
     }
 
@@ -219,10 +300,38 @@ impl Interpreter {
     }
 
     /// The delegation tree for `path` through the namespace's current dtab followed by
-    /// `local`, from the current state of the namers.
-    pub fn delegate(&self, namespace: &str, path: &Path, local: &Dtab) -> Result<DelegateTree, DelegateError> {
+    /// `local`, from the current state of the namers. Built on a blocking thread (at most one
+    /// per core at once), within the delegation limits; [`DelegateError::Cancelled`] when it
+    /// is not done within `timeout`, and the work stops then too, as it does when the caller
+    /// drops this future.
+    pub async fn delegate(
+        &self,
+        namespace: &str,
+        path: &Path,
+        local: &Dtab,
+        timeout: Duration,
+    ) -> Result<DelegateTree, DelegateError> {
         let base = self.inner.dtabs.watch(namespace).borrow().clone().unwrap_or_default();
-        waymark_dtab::delegate(&base.concat(local), &self.inner.namers, path, self.inner.options.max_depth)
+        let dtab = base.concat(local);
+        let limits = DelegateLimits {
+            max_depth: self.inner.options.max_depth,
+            max_output_bytes: self.inner.options.max_delegation_bytes,
+        };
+        let (inner, path) = (self.inner.clone(), path.clone());
+        let cancel = CancelOnDrop::default();
+        let flag = cancel.0.clone();
+        let work = async move {
+            let _permit = inner.heavy.acquire().await;
+            let (inner, flag) = (inner.clone(), flag.clone());
+            tokio::task::spawn_blocking(move || {
+                waymark_dtab::delegate_within(&dtab, &inner.namers, &path, limits, Some(&flag))
+            })
+            .await
+            .unwrap_or(Err(DelegateError::Cancelled))
+        };
+        let result = tokio::time::timeout(timeout, work).await.unwrap_or(Err(DelegateError::Cancelled));
+        drop(cancel);
+        result
     }
 
     /// The concrete names the enumerating namers know, as full ids (`/#/io.l5d.fs/web`).
@@ -258,13 +367,13 @@ impl Interpreter {
     pub fn active_paths(&self, namespace: &str) -> Vec<Path> {
         let bindings = lock(&self.inner.bindings);
         let paths: BTreeSet<Path> =
-            bindings.keys().filter(|k| &*k.namespace == namespace).map(|k| k.path.clone()).collect();
+            bindings.entries.keys().filter(|k| &*k.namespace == namespace).map(|k| k.path.clone()).collect();
         paths.into_iter().collect()
     }
 
     /// The number of bindings and address sets kept current.
     pub fn active_counts(&self) -> (usize, usize) {
-        (lock(&self.inner.bindings).len(), lock(&self.inner.address_sets).len())
+        (lock(&self.inner.bindings).entries.len(), lock(&self.inner.address_sets).len())
     }
 }
 
@@ -282,6 +391,25 @@ impl Resolver for NamespaceResolver {
     fn resolve(&self, id: &Path) -> watch::Receiver<Addr> {
         self.interpreter.resolve(id)
     }
+}
+
+/// Sets its flag when dropped: tells blocking work that its caller is gone.
+#[derive(Default)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A binding that is not kept: its one state is `Failed(why)`. The sender stays open while
+/// anyone holds a receiver, so that watchers wait for a change rather than see a closed
+/// channel and ask again at once.
+fn refused(why: String) -> watch::Receiver<BindState> {
+    let (tx, rx) = watch::channel(BindState::Failed(why.into()));
+    tokio::spawn(async move { tx.closed().await });
+    rx
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -354,6 +482,85 @@ impl Inner {
         (state, namers)
     }
 
+    /// Binds on a blocking thread when the work may be large: the dtab holds a client's
+    /// override or many dentries, or the last binding of this name was slow.
+    async fn bind_off_thread_if_large(
+        self: &Arc<Self>,
+        dtab: Dtab,
+        key: &BindKey,
+        last_took: Duration,
+    ) -> (BindState, Vec<Arc<dyn ServiceNamer>>, Duration) {
+        const LARGE_DTAB: usize = 64;
+        const SLOW_BIND: Duration = Duration::from_millis(1);
+        let started = Instant::now();
+        if key.local.is_empty() && dtab.len() <= LARGE_DTAB && last_took < SLOW_BIND {
+            let (state, namers) = self.bind_once(&dtab, &key.path, key.alternatives);
+            return (state, namers, started.elapsed());
+        }
+        let _permit = self.heavy.acquire().await;
+        let (inner, path, alternatives) = (self.clone(), key.path.clone(), key.alternatives);
+        let (state, namers) = tokio::task::spawn_blocking(move || inner.bind_once(&dtab, &path, alternatives))
+            .await
+            .unwrap_or_else(|e| (BindState::Failed(format!("binding failed: {e}").into()), Vec::new()));
+        (state, namers, started.elapsed())
+    }
+
+    /// Makes room for a new override binding of `bytes`, dropping idle override bindings if
+    /// the limits require it; false when that is not enough.
+    fn make_room_for_override(&self, bindings: &mut Bindings, bytes: usize) -> bool {
+        let (max_count, max_bytes) = (self.options.max_override_bindings, self.options.max_override_bytes);
+        let fits = |b: &Bindings| b.override_count < max_count && b.override_bytes + bytes <= max_bytes;
+        if fits(bindings) {
+            return true;
+        }
+        // Drop idle overrides down to nine tenths of each limit, so that the scan is rare.
+        let (count_goal, bytes_goal) = (max_count / 10 * 9, max_bytes / 10 * 9);
+        let idle: Vec<BindKey> = bindings
+            .entries
+            .iter()
+            .filter(|(_, e)| e.override_bytes > 0 && e.tx.receiver_count() == 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in idle {
+            if bindings.override_count <= count_goal && bindings.override_bytes + bytes <= bytes_goal {
+                break;
+            }
+            if let Some(entry) = bindings.entries.remove(&key) {
+                bindings.override_count -= 1;
+                bindings.override_bytes -= entry.override_bytes;
+                entry.stop.notify_one();
+                self.metrics.overrides_evicted.inc();
+            }
+        }
+        self.count_bindings(bindings);
+        fits(bindings)
+    }
+
+    fn count_bindings(&self, bindings: &Bindings) {
+        self.metrics.active_bindings.set(bindings.entries.len() as i64);
+        self.metrics.override_bindings.set(bindings.override_count as i64);
+        self.metrics.override_bytes.set(bindings.override_bytes as i64);
+    }
+
+    /// Removes an idle binding if it is still unwatched; false if someone subscribed meanwhile.
+    fn evict_binding(&self, key: &BindKey) -> bool {
+        let mut bindings = lock(&self.bindings);
+        match bindings.entries.get(key) {
+            Some(entry) if entry.tx.receiver_count() > 0 => false,
+            Some(_) => {
+                if let Some(entry) = bindings.entries.remove(key)
+                    && entry.override_bytes > 0
+                {
+                    bindings.override_count -= 1;
+                    bindings.override_bytes -= entry.override_bytes;
+                }
+                self.count_bindings(&bindings);
+                true
+            }
+            None => true,
+        }
+    }
+
     fn mount_for(&self, id: &Path) -> Option<(&Path, &Arc<dyn ServiceNamer>)> {
         self.mounts.iter().find(|(m, _)| id.starts_with(m)).map(|(m, n)| (m, n))
     }
@@ -377,13 +584,18 @@ impl Inner {
     }
 }
 
-/// Keeps one binding current until nobody has watched it for the idle period.
-async fn keep_binding(inner: Arc<Inner>, key: BindKey, tx: watch::Sender<BindState>) {
+/// Keeps one binding current until nobody has watched it for the idle period, or until it is
+/// dropped early to make room for other overrides.
+async fn keep_binding(inner: Arc<Inner>, key: BindKey, tx: watch::Sender<BindState>, stop: Arc<Notify>) {
     loop {
         tokio::select! {
             () = rebind_on_change(&inner, &key, &tx) => {}
+            () = stop.notified() => {
+                debug!("dropped to make room for other overrides");
+                return;
+            }
             () = idle(&tx, inner.options.idle_ttl) => {
-                if inner.evict(&inner.bindings, &key, &inner.metrics.active_bindings) {
+                if inner.evict_binding(&key) {
                     debug!("idle; dropped");
                     return;
                 }
@@ -392,12 +604,14 @@ async fn keep_binding(inner: Arc<Inner>, key: BindKey, tx: watch::Sender<BindSta
     }
 }
 
-async fn rebind_on_change(inner: &Inner, key: &BindKey, tx: &watch::Sender<BindState>) {
+async fn rebind_on_change(inner: &Arc<Inner>, key: &BindKey, tx: &watch::Sender<BindState>) {
     let mut dtab = inner.dtabs.watch(&key.namespace);
     let mut dtab_open = true;
+    let mut last_took = Duration::ZERO;
     loop {
         let base = dtab.borrow_and_update().clone().unwrap_or_default();
-        let (state, namers) = inner.bind_once(&base.concat(&key.local), &key.path, key.alternatives);
+        let (state, namers, took) = inner.bind_off_thread_if_large(base.concat(&key.local), key, last_took).await;
+        last_took = took;
         // Subscribe before publishing, so that a namer change racing with this binding is
         // not missed.
         let mut changes: Vec<watch::Receiver<u64>> = namers.iter().map(|n| n.changes()).collect();

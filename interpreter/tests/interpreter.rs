@@ -152,6 +152,42 @@ async fn bindings_and_addresses_follow_files_of_the_fs_namer() {
     assert_eq!(shown(&next_matching(&mut web, |s| shown(s) == "/#/io.l5d.fs/web-v1").await), "/#/io.l5d.fs/web-v1");
     assert_eq!(shown(&next_matching(&mut first, |s| shown(s) == "/#/io.l5d.fs/web-v1").await), "/#/io.l5d.fs/web-v1");
 
-    let tree = interpreter.delegate("default", &p("/svc/web"), &Dtab::empty()).unwrap();
+    let tree = interpreter.delegate("default", &p("/svc/web"), &Dtab::empty(), Duration::from_secs(60)).await.unwrap();
     assert_eq!(tree.bound_names().iter().map(|b| b.id().to_string()).collect::<Vec<_>>(), ["/#/io.l5d.fs/web-v1"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn override_bindings_are_bounded_by_count_and_bytes_and_plain_bindings_never_are() {
+    let dtabs = Arc::new(FixedDtabs::with("default", d("/svc=>/$/inet/127.0.0.1/1")));
+    let options =
+        InterpreterOptions { max_override_bindings: 3, max_override_bytes: 1_000, ..InterpreterOptions::default() };
+    let interpreter = Interpreter::new(dtabs, Vec::new(), Dns::from_system(), options).unwrap();
+    let overriding = |port: u32| d(&format!("/svc=>/$/inet/127.0.0.1/{port}"));
+    let mut plain = interpreter.bind("default", &p("/svc"), &Dtab::empty());
+    next_matching(&mut plain, |s| *s != BindState::Pending).await;
+
+    let mut held: Vec<_> = (2..5).map(|port| interpreter.bind("default", &p("/svc"), &overriding(port))).collect();
+    for rx in &mut held {
+        assert!(matches!(next_matching(rx, |s| *s != BindState::Pending).await, BindState::Bound(_)));
+    }
+    // A fourth distinct override does not fit while the three are watched.
+    let mut refused = interpreter.bind("default", &p("/svc"), &overriding(5));
+    let state = next_matching(&mut refused, |s| *s != BindState::Pending).await;
+    assert!(shown(&state).contains("too many distinct dtab overrides"), "{}", shown(&state));
+    drop(refused);
+    // Plain bindings are not overrides, and never refused.
+    let mut other = interpreter.bind("default", &p("/svc/other"), &Dtab::empty());
+    assert!(matches!(next_matching(&mut other, |s| *s != BindState::Pending).await, BindState::Bound(_)));
+
+    // Once one is idle, it makes room at once, without waiting for the idle period.
+    held.remove(0);
+    let mut fits = interpreter.bind("default", &p("/svc"), &overriding(5));
+    assert_eq!(shown(&next_matching(&mut fits, |s| *s != BindState::Pending).await), "/$/inet/127.0.0.1/5");
+    assert_eq!(interpreter.active_counts().0, 5);
+
+    // Bytes count too: one override larger than the byte limit never fits.
+    let huge: Dtab = (0..100).map(|i| format!("/x{i}=>/y{i}")).collect::<Vec<_>>().join(";").parse().unwrap();
+    let mut too_big = interpreter.bind("default", &p("/svc"), &huge);
+    assert!(matches!(next_matching(&mut too_big, |s| *s != BindState::Pending).await, BindState::Failed(_)));
+    assert!(matches!(*plain.borrow(), BindState::Bound(_)));
 }

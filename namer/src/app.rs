@@ -173,6 +173,7 @@ impl NamerApp {
             shutdown: stop.clone(),
             metrics: metrics.clone(),
             request_timeout: timeout,
+            max_delegation_bytes: config.interpreter.max_delegation_bytes,
         };
         for bound in http {
             info!(addr = ?bound.local_addr(), tls = matches!(bound, Bound::Tls(_)), "namerd HTTP API listening");

@@ -103,9 +103,21 @@ pub struct InterpreterConfig {
     #[serde(default = "default_dns_refresh_ms")]
     pub dns_refresh_ms: u64,
     /// How long a non-streaming bind, resolve or delegate request may wait for names and
-    /// addresses to become known before it answers 503.
+    /// addresses to become known (and a delegation may compute) before it answers 503.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// The most bindings with a per-request dtab (a router's `l5d-dtab` override, or a
+    /// `dtab=` parameter) kept at once; past it idle ones are dropped early, and a new one
+    /// fails while none is idle. Bindings without an override are never affected.
+    #[serde(default = "default_max_override_bindings")]
+    pub max_override_bindings: usize,
+    /// The most bytes of per-request dtab text those bindings hold in all.
+    #[serde(default = "default_max_override_bytes")]
+    pub max_override_bytes: usize,
+    /// The largest delegation a request may ask for, in bytes of namerd's JSON without
+    /// addresses; a larger one answers 400.
+    #[serde(default = "default_max_delegation_bytes")]
+    pub max_delegation_bytes: usize,
 }
 
 /// Log output.
@@ -185,6 +197,18 @@ fn default_request_timeout_ms() -> u64 {
     10_000
 }
 
+fn default_max_override_bindings() -> usize {
+    InterpreterOptions::default().max_override_bindings
+}
+
+fn default_max_override_bytes() -> usize {
+    InterpreterOptions::default().max_override_bytes
+}
+
+fn default_max_delegation_bytes() -> usize {
+    InterpreterOptions::default().max_delegation_bytes
+}
+
 fn default_level() -> String {
     "info".to_string()
 }
@@ -215,6 +239,9 @@ impl Default for InterpreterConfig {
             idle_ttl_secs: default_idle_ttl_secs(),
             dns_refresh_ms: default_dns_refresh_ms(),
             request_timeout_ms: default_request_timeout_ms(),
+            max_override_bindings: default_max_override_bindings(),
+            max_override_bytes: default_max_override_bytes(),
+            max_delegation_bytes: default_max_delegation_bytes(),
         }
     }
 }
@@ -257,6 +284,9 @@ impl InterpreterConfig {
             max_depth: self.max_depth,
             idle_ttl: Duration::from_secs(self.idle_ttl_secs),
             dns_refresh: Duration::from_millis(self.dns_refresh_ms),
+            max_override_bindings: self.max_override_bindings,
+            max_override_bytes: self.max_override_bytes,
+            max_delegation_bytes: self.max_delegation_bytes,
         }
     }
 
@@ -362,6 +392,15 @@ impl NamerConfig {
                 at: "interpreter.max_depth".into(),
                 message: format!("at most {} (the recursion guard)", waymark_dtab::MAX_RECURSION),
             });
+        }
+        for (key, value) in [
+            ("max_override_bindings", self.interpreter.max_override_bindings),
+            ("max_override_bytes", self.interpreter.max_override_bytes),
+            ("max_delegation_bytes", self.interpreter.max_delegation_bytes),
+        ] {
+            if value == 0 {
+                problems.push(Problem { at: format!("interpreter.{key}"), message: "must be at least 1".into() });
+            }
         }
         if self.interpreter.request_timeout_ms == 0 {
             problems

@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde_json::{Map, Value};
 use waymark_dtab::{
     ADDR_WEIGHT_KEY, Addr, Address, BoundLeaf, BoundName, DelegateNode, DelegateTree, Dentry, Dtab, EmptyLabel,
-    InvalidWeight, Label, NameTree, Path, Prefix, PrefixElem, Weight, Weighted,
+    InvalidWeight, Label, NameTree, Path, Prefix, PrefixElem, SHARED_DENTRY_BYTES, SharedDentries, Weight, Weighted,
 };
 
 use crate::mesh;
@@ -385,41 +385,50 @@ fn delegate_leaf_from(leaf: &bdt::Leaf) -> Result<BoundName, ConvertError> {
 impl From<&DelegateTree> for mesh::BoundDelegateTree {
     /// Every node carries its path and dentry, the root its [`Dentry::nop`]; exceptions carry
     /// [`EXCEPTION_PREFIX`] as namerd writes them. Unlike namerd, transformation nodes carry
-    /// their dentry too, without which Linkerd's client rejects the tree.
+    /// their dentry too, without which Linkerd's client rejects the tree. A long dentry is
+    /// carried once, by the first node it produced, as the JSON shows it ([`SharedDentries`]);
+    /// the other nodes it produced carry [`Dentry::nop`], so that the message does not grow
+    /// with the square of a dtab with thousands of alternatives.
     fn from(tree: &DelegateTree) -> Self {
-        let node = match &tree.node {
-            DelegateNode::Delegate(child) => bdt::Node::Delegate(Box::new(child.as_ref().into())),
-            DelegateNode::Alt(children) => {
-                bdt::Node::Alt(bdt::Alt { trees: children.iter().map(Into::into).collect() })
-            }
-            DelegateNode::Union(branches) => bdt::Node::Union(bdt::Union {
-                trees: branches
-                    .iter()
-                    .map(|(weight, child)| bdt::union::Weighted {
-                        weight: Some(weight.get()),
-                        tree: Some(child.into()),
-                    })
-                    .collect(),
-            }),
-            DelegateNode::Leaf(name) => bdt::Node::Leaf(delegate_leaf(name)),
-            DelegateNode::Neg => bdt::Node::Neg(bdt::Neg {}),
-            DelegateNode::Fail => bdt::Node::Fail(bdt::Fail {}),
-            DelegateNode::Empty => bdt::Node::Empty(bdt::Empty {}),
-            DelegateNode::Exception(message) => bdt::Node::Exception(format!("{EXCEPTION_PREFIX}{message}")),
-            DelegateNode::Transformation { name, bound, tree: child } => {
-                bdt::Node::Transformation(Box::new(bdt::Transformation {
-                    name: name.clone(),
-                    leaf: Some(delegate_leaf(bound)),
-                    tree: Some(Box::new(child.as_ref().into())),
-                }))
-            }
-        };
-        mesh::BoundDelegateTree {
-            path: Some((&tree.path).into()),
-            dentry: Some((&tree.dentry).into()),
-            node: Some(node),
-        }
+        delegate_tree(tree, &mut SharedDentries::new())
     }
+}
+
+fn delegate_tree(tree: &DelegateTree, shared: &mut SharedDentries) -> mesh::BoundDelegateTree {
+    // Decided before the children, in the order the JSON decides it.
+    let shown = match &tree.node {
+        DelegateNode::Transformation { .. } => shared.text_len(&tree.dentry) <= SHARED_DENTRY_BYTES,
+        _ => shared.show(&tree.dentry),
+    };
+    let dentry = if shown { (&tree.dentry).into() } else { (&Dentry::nop()).into() };
+    let node = match &tree.node {
+        DelegateNode::Delegate(child) => bdt::Node::Delegate(Box::new(delegate_tree(child, shared))),
+        DelegateNode::Alt(children) => {
+            bdt::Node::Alt(bdt::Alt { trees: children.iter().map(|c| delegate_tree(c, shared)).collect() })
+        }
+        DelegateNode::Union(branches) => bdt::Node::Union(bdt::Union {
+            trees: branches
+                .iter()
+                .map(|(weight, child)| bdt::union::Weighted {
+                    weight: Some(weight.get()),
+                    tree: Some(delegate_tree(child, shared)),
+                })
+                .collect(),
+        }),
+        DelegateNode::Leaf(name) => bdt::Node::Leaf(delegate_leaf(name)),
+        DelegateNode::Neg => bdt::Node::Neg(bdt::Neg {}),
+        DelegateNode::Fail => bdt::Node::Fail(bdt::Fail {}),
+        DelegateNode::Empty => bdt::Node::Empty(bdt::Empty {}),
+        DelegateNode::Exception(message) => bdt::Node::Exception(format!("{EXCEPTION_PREFIX}{message}")),
+        DelegateNode::Transformation { name, bound, tree: child } => {
+            bdt::Node::Transformation(Box::new(bdt::Transformation {
+                name: name.clone(),
+                leaf: Some(delegate_leaf(bound)),
+                tree: Some(Box::new(delegate_tree(child, shared))),
+            }))
+        }
+    };
+    mesh::BoundDelegateTree { path: Some((&tree.path).into()), dentry: Some(dentry), node: Some(node) }
 }
 
 impl TryFrom<&mesh::BoundDelegateTree> for DelegateTree {

@@ -127,6 +127,22 @@ fn addr() -> impl Strategy<Value = Addr> {
 }
 
 /// Encodes `message` and decodes it again, as a peer would receive it.
+fn delegate_json(tree: &DelegateTree) -> String {
+    serde_json::to_string(&waymark_dtab::json::DelegateJson::from_tree(tree, &mut |_| None)).unwrap()
+}
+
+/// The length of the longest dentry text in a delegation tree.
+fn longest_dentry(tree: &DelegateTree) -> usize {
+    let children: Vec<&DelegateTree> = match &tree.node {
+        DelegateNode::Delegate(child) => vec![child],
+        DelegateNode::Alt(trees) => trees.iter().collect(),
+        DelegateNode::Union(branches) => branches.iter().map(|(_, t)| t).collect(),
+        DelegateNode::Transformation { tree, .. } => vec![tree],
+        _ => Vec::new(),
+    };
+    children.into_iter().map(longest_dentry).max().unwrap_or(0).max(tree.dentry.to_string().len())
+}
+
 fn wire<M: Message + Default>(message: M) -> M {
     M::decode(message.encode_to_vec().as_slice()).expect("a message we encoded decodes")
 }
@@ -158,7 +174,12 @@ proptest! {
 
     #[test]
     fn delegate_trees_round_trip(t in delegate_tree()) {
-        prop_assert_eq!(DelegateTree::try_from(&wire(mesh::BoundDelegateTree::from(&t))).unwrap(), t);
+        let read = DelegateTree::try_from(&wire(mesh::BoundDelegateTree::from(&t))).unwrap();
+        // A long dentry travels once, on the first node it produced: what is shown survives.
+        prop_assert_eq!(delegate_json(&read), delegate_json(&t));
+        if longest_dentry(&t) <= waymark_dtab::SHARED_DENTRY_BYTES {
+            prop_assert_eq!(read, t);
+        }
     }
 
     #[test]
@@ -171,4 +192,21 @@ proptest! {
         let v = VersionedDtab { version, dtab: Dtab::new(dentries) };
         prop_assert_eq!(VersionedDtab::try_from(&wire(mesh::DtabRsp::from(&v))).unwrap(), v);
     }
+}
+
+/// A dentry with thousands of alternatives is carried once, not by every node it produced,
+/// and the tree read back shows the same as the tree written.
+#[test]
+fn a_wide_delegation_is_carried_in_a_message_linear_in_the_dtab() {
+    let dst: Vec<String> = (0..5_000).map(|i| format!("/a{i}")).collect();
+    let dtab: Dtab = format!("/svc=>{}", dst.join(" | ")).parse().unwrap();
+    let tree = waymark_dtab::delegate(&dtab, &waymark_dtab::Namers::new(), &"/svc".parse().unwrap(), 100).unwrap();
+    let message = mesh::BoundDelegateTree::from(&tree);
+    let encoded = message.encode_to_vec();
+    let dentry_bytes = mesh::dtab::Dentry::from(&dtab.dentries()[0]).encode_to_vec().len();
+    assert!(encoded.len() < 2 * dentry_bytes + 100 * 5_000, "{} bytes", encoded.len());
+
+    let read = DelegateTree::try_from(&wire(message)).unwrap();
+    let json = |t: &DelegateTree| serde_json::to_string(&waymark_dtab::json::DelegateJson::from_tree(t, &mut |_| None));
+    assert_eq!(json(&read).unwrap(), json(&tree).unwrap());
 }

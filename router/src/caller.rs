@@ -201,13 +201,32 @@ pub(crate) fn call_depth(headers: &HeaderMap) -> usize {
 }
 
 /// Adds this router to `Via`, with the protocol the request arrived in (RFC 9110, 7.6.3).
+/// The entries are kept in one header line, so that a long path (a routing loop, say) is
+/// stopped by the call depth limit rather than by a server's limit on the number of headers.
 pub(crate) fn append_via(headers: &mut HeaderMap, received: Version) {
     let entry = match received {
         Version::HTTP_2 => "2 waymark",
         Version::HTTP_10 => "1.0 waymark",
         _ => "1.1 waymark",
     };
-    headers.append(VIA, HeaderValue::from_static(entry));
+    if !headers.contains_key(VIA) {
+        headers.insert(VIA, HeaderValue::from_static(entry));
+        return;
+    }
+    let mut line = Vec::with_capacity(128);
+    for value in headers.get_all(VIA) {
+        line.extend_from_slice(value.as_bytes());
+        line.extend_from_slice(b", ");
+    }
+    line.extend_from_slice(entry.as_bytes());
+    match HeaderValue::from_bytes(&line) {
+        Ok(value) => {
+            headers.insert(VIA, value);
+        }
+        Err(_) => {
+            headers.append(VIA, HeaderValue::from_static(entry));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -288,7 +307,10 @@ mod tests {
         assert_eq!(call_depth(&h), 3);
         append_via(&mut h, Version::HTTP_2);
         assert_eq!(call_depth(&h), 4);
-        assert_eq!(h.get_all(VIA).iter().next_back().unwrap(), "2 waymark");
+        assert_eq!(h.get_all(VIA).iter().collect::<Vec<_>>(), ["1.1 a, 1.1 b, 2 c, 2 waymark"], "one line");
+        let mut first = HeaderMap::new();
+        append_via(&mut first, Version::HTTP_11);
+        assert_eq!(first[VIA], "1.1 waymark");
         assert_eq!(call_depth(&HeaderMap::new()), 0);
     }
 }

@@ -50,6 +50,11 @@ pub struct ClientConfig {
     /// `requestAttemptTimeoutMs`); unset means no limit besides the total timeout.
     #[serde(default)]
     pub request_attempt_timeout_ms: Option<u64>,
+    /// How long a response body may go without a byte arriving from the endpoint before the
+    /// response is cut off (nginx's `proxy_read_timeout`). Streams that legitimately stay
+    /// quiet for longer (long polls, quiet gRPC streams) need a larger value.
+    #[serde(default = "default_response_body_idle_timeout_ms")]
+    pub response_body_idle_timeout_ms: u64,
     /// Taking failing endpoints out of service.
     #[serde(default)]
     pub failure_accrual: FailureAccrualConfig,
@@ -167,6 +172,9 @@ fn default_max_idle() -> usize {
 fn default_idle_timeout_ms() -> u64 {
     60_000
 }
+fn default_response_body_idle_timeout_ms() -> u64 {
+    300_000
+}
 
 impl Default for ClientConfig {
     fn default() -> Self {
@@ -177,6 +185,7 @@ impl Default for ClientConfig {
             max_idle_per_endpoint: default_max_idle(),
             idle_timeout_ms: default_idle_timeout_ms(),
             request_attempt_timeout_ms: None,
+            response_body_idle_timeout_ms: default_response_body_idle_timeout_ms(),
             failure_accrual: FailureAccrualConfig::default(),
             load_balancer: LoadBalancerConfig::default(),
             tls: None,
@@ -191,6 +200,9 @@ impl ClientConfig {
         }
         if self.max_connections_per_endpoint == 0 {
             out.push(format!("{at}.max_connections_per_endpoint: must be at least 1"));
+        }
+        if self.response_body_idle_timeout_ms == 0 {
+            out.push(format!("{at}.response_body_idle_timeout_ms: must be more than 0"));
         }
         if self.request_attempt_timeout_ms == Some(0) {
             out.push(format!("{at}.request_attempt_timeout_ms: must be more than 0 (or left out)"));

@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::conn::ConnectionMetricFamilies;
 use crate::retry::Class;
 use crate::sync::lock;
 
@@ -93,8 +94,7 @@ pub(crate) struct Metrics {
     client_latency: Family<ClientLabels, Histogram, LatencyHistogram>,
     client_connections: Family<ClientLabels, Gauge>,
     client_endpoints: Family<ClientLabels, Gauge>,
-    pub(crate) server_connections: Family<ListenerLabels, Gauge>,
-    pub(crate) server_connections_total: Family<ListenerLabels, Counter>,
+    pub(crate) connections: ConnectionMetricFamilies,
     pub(crate) refused_requests: Family<RefusedLabels, Counter>,
     pub(crate) bindings: Gauge,
     pub(crate) namer_connected: Gauge,
@@ -153,8 +153,7 @@ impl Metrics {
         let client_latency = Family::new_with_constructor(LatencyHistogram);
         let client_connections = Family::default();
         let client_endpoints = Family::default();
-        let server_connections = Family::default();
-        let server_connections_total = Family::default();
+        let connections = ConnectionMetricFamilies::default();
         let refused_requests = Family::default();
         let bindings = Gauge::default();
         let namer_connected = Gauge::default();
@@ -192,12 +191,7 @@ impl Metrics {
         );
         r.register("client_connections", "Open connections to endpoints, by concrete name", client_connections.clone());
         r.register("client_endpoints", "Endpoints known, by concrete name", client_endpoints.clone());
-        r.register("server_connections", "Open client connections, by listener", server_connections.clone());
-        r.register(
-            "server_accepted_connections",
-            "Accepted connections, by listener",
-            server_connections_total.clone(),
-        );
+        connections.register(r);
         r.register(
             "refused_requests",
             "Requests refused before they had a logical name or binding, by listener and reason",
@@ -220,8 +214,7 @@ impl Metrics {
             client_latency,
             client_connections,
             client_endpoints,
-            server_connections,
-            server_connections_total,
+            connections,
             refused_requests,
             bindings,
             namer_connected,

@@ -70,6 +70,10 @@ struct LocalDelegator(Interpreter);
 /// The namespace of a standalone router's dtab.
 const STANDALONE_NAMESPACE: &str = "standalone";
 
+/// How long a standalone router's `/delegator.json` may compute, as long as it waits for a
+/// namer's answer in mesh mode.
+const LOCAL_DELEGATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Explains how a path resolves, for `/delegator.json`.
 pub trait Delegator: Send + Sync + 'static {
     /// The delegation tree of `path` through the namespace's dtab followed by `local`.
@@ -203,12 +207,16 @@ impl Delegator for NoDelegation {
 }
 
 impl Delegator for LocalDelegator {
+    /// Delegates on a blocking thread, within the interpreter's delegation limits and
+    /// [`LOCAL_DELEGATION_TIMEOUT`].
     fn delegate(&self, path: Path, local: Dtab) -> BoxFuture<'static, Result<DelegateJson, String>> {
-        let result = self
-            .0
-            .delegate(STANDALONE_NAMESPACE, &path, &local)
-            .map(|tree| DelegateJson::from_tree(&tree, &mut |_| None))
-            .map_err(|e| e.to_string());
-        Box::pin(async move { result })
+        let interpreter = self.0.clone();
+        Box::pin(async move {
+            let tree = interpreter
+                .delegate(STANDALONE_NAMESPACE, &path, &local, LOCAL_DELEGATION_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(DelegateJson::from_tree(&tree, &mut |_| None))
+        })
     }
 }

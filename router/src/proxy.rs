@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 
 use futures::future::Either;
 use std::sync::Arc;
@@ -20,11 +21,12 @@ use tokio::time::Instant;
 use waymark_dtab::{Dtab, Path};
 
 use crate::balance::Endpoint;
-use crate::body::{GrpcOutcome, RequestBody, ResponseBody};
+use crate::body::{GrpcOutcome, RequestBody, ResponseBody, Stalling};
 use crate::caller::{
     Caller, Deadline, L5D_CTX_DEADLINE, L5D_CTX_TRACE, TraceId, append_via, call_depth, wall_clock_ns,
 };
 use crate::client::UpstreamProtocol;
+use crate::conn::ConnectionInfo;
 use crate::context::{
     L5D_CTX_DTAB, L5D_DST_CLIENT, L5D_DST_RESIDUAL, L5D_DST_SERVICE, L5D_REQID, L5D_RETRYABLE, L5D_SUCCESS_CLASS,
     has_l5d, strip_l5d, take_override,
@@ -49,6 +51,8 @@ pub(crate) struct ProxySettings {
     pub(crate) max_replay_body_bytes: u64,
     /// Whether the caller's deadline bounds this hop too.
     pub(crate) enforce_deadline: bool,
+    /// How long an endpoint's response body may go without a byte arriving.
+    pub(crate) response_body_idle_timeout: Duration,
 }
 
 /// What every listener shares: the bindings, naming and settings.
@@ -69,9 +73,13 @@ pub(crate) struct ListenerProxy {
     pub(crate) max_call_depth: usize,
     /// The listener's name, for metrics.
     pub(crate) name: String,
+    /// How long a request body may go without a byte arriving.
+    pub(crate) request_body_idle_timeout: Duration,
     /// Requests refused before routing, by reason.
     pub(crate) refused: Family<RefusedLabels, Counter>,
     pub(crate) empty_dtab: Dtab,
+    /// The address this listener is bound to: a destination there is a loop.
+    pub(crate) bound: SocketAddr,
 }
 
 /// A chosen destination for one attempt.
@@ -80,6 +88,13 @@ struct Destination {
     residual: Option<HeaderValue>,
     endpoint: Arc<Endpoint>,
 }
+
+/// Finagle's own per-request dtab header: forwarded as is (as Linkerd 1 does), except from
+/// an edge, where it is stripped like the `l5d-*` headers.
+const DTAB_LOCAL: HeaderName = HeaderName::from_static("dtab-local");
+
+/// The settings of an `h2c` upgrade (RFC 7540, 3.2.1), never forwarded.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Headers that describe one connection and are never forwarded (RFC 9110, 7.6.1).
 const HOP_BY_HOP: [HeaderName; 5] = [
@@ -115,7 +130,7 @@ impl ListenerProxy {
         };
         Either::Right(async move {
             // balance + client, with retries and timeouts.
-            let mut result = self.proxy.forward(&mut outbound, started, &mut why).await;
+            let mut result = self.proxy.forward(&mut outbound, started, &mut why, &self).await;
             let class = self.proxy.record(&outbound.route, &mut result, started.elapsed(), why.grpc);
             let key = &outbound.route.key;
             Ok(self.finish(result, &why, Some((&key.name, &key.local)), class))
@@ -151,6 +166,18 @@ impl ListenerProxy {
         response
     }
 
+    /// True when `addr` is this listener: the address it is bound to, or (bound to all
+    /// addresses) a loopback address and its port, or the address the request's connection
+    /// was accepted on. Sending a request there would only bring it back here.
+    fn is_itself(&self, addr: SocketAddr, parts: &http::request::Parts) -> bool {
+        let bound = self.bound;
+        addr == bound
+            || (bound.ip().is_unspecified()
+                && addr.port() == bound.port()
+                && (addr.ip().is_loopback() || addr.ip().is_unspecified()))
+            || parts.extensions.get::<Arc<ConnectionInfo>>().is_some_and(|conn| conn.local() == addr)
+    }
+
     /// The pipeline up to the binding: identify, dtab context, bind.
     /// A failure names the logical name when identification got that far.
     fn route(
@@ -160,10 +187,15 @@ impl ListenerProxy {
         why: &mut Explanation,
     ) -> Result<Outbound, Box<(RouterError, Option<Path>)>> {
         why.grpc = is_grpc(req.headers());
-        // An edge strips every l5d-* header: clients outside the mesh may not steer routing.
-        if !self.trusted && has_l5d(req.headers()) {
-            strip_l5d(req.headers_mut());
+        // An edge strips every l5d-* header: clients outside the mesh may not steer routing;
+        // nor through Finagle's own override header, which services behind may still honour.
+        if !self.trusted {
+            if has_l5d(req.headers()) {
+                strip_l5d(req.headers_mut());
+            }
+            req.headers_mut().remove(DTAB_LOCAL);
         }
+        check_target(&mut req).map_err(|e| Box::new((e, None)))?;
         // A request that has passed this many proxies is going round in circles.
         let depth = call_depth(req.headers());
         if depth > self.max_call_depth {
@@ -197,7 +229,7 @@ impl ListenerProxy {
         let route = self.proxy.routes.get(RouteKey { name, local });
         route.metrics.requests.inc();
         route.budget.deposit();
-        Ok(self.proxy.outbound(route, req, why.grpc, caller, started))
+        Ok(self.proxy.outbound(route, req, why.grpc, caller, started, self.request_body_idle_timeout))
     }
 }
 
@@ -231,11 +263,67 @@ fn classify(
     classifier.classify(method, status, headers)
 }
 
+/// Makes sure the request names one destination, the same way to every reader: a router
+/// that routes by one name and forwards another can be steered past the rules of the hops
+/// behind it.
+fn check_target<B>(req: &mut Request<B>) -> Result<(), RouterError> {
+    if req.method() == Method::CONNECT {
+        return Err(RouterError::Tunnel);
+    }
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        // RFC 9112, 3.2: a request with more than one Host header is answered 400.
+        return Err(RouterError::Malformed("the request has more than one Host header"));
+    }
+    if let Some(authority) = req.uri().authority() {
+        if req.version() == Version::HTTP_2 {
+            // RFC 9113, 8.3.1: a Host that names another server than :authority is malformed.
+            if host.is_some_and(|host| !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())) {
+                return Err(RouterError::Malformed("the Host header and :authority name different servers"));
+            }
+        } else {
+            // RFC 9112, 3.2.2: a request in absolute form is for the server its target names,
+            // whatever its Host header says; the next hop must see that name too.
+            let value = HeaderValue::from_str(authority.as_str())
+                .map_err(|_| RouterError::Malformed("the request target's authority is not a valid Host"))?;
+            req.headers_mut().insert(HOST, value);
+        }
+    }
+    Ok(())
+}
+
 fn is_grpc(headers: &HeaderMap) -> bool {
     headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+/// True for an HTTP/1.1 request asking to switch protocols (a WebSocket, say). An upgrade to
+/// `h2c` is not one: it would turn the connection to the endpoint into HTTP/2 behind this
+/// router's back (request smuggling past an edge), so that token is dropped from the request,
+/// and with it `HTTP2-Settings`.
+fn is_upgrade<B>(req: &mut Request<B>) -> bool {
+    let headers = req.headers_mut();
+    headers.remove(HTTP2_SETTINGS);
+    if !headers.contains_key(UPGRADE) {
+        return false;
+    }
+    let tokens: Vec<String> = headers
+        .get_all(UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if tokens.iter().any(|t| t.eq_ignore_ascii_case("h2c")) {
+        let kept: Vec<&str> = tokens.iter().filter(|t| !t.eq_ignore_ascii_case("h2c")).map(String::as_str).collect();
+        headers.remove(UPGRADE);
+        if let Ok(value) = HeaderValue::from_str(&kept.join(", "))
+            && !kept.is_empty()
+        {
+            headers.insert(UPGRADE, value);
+        }
+    }
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
         && req
@@ -386,8 +474,10 @@ impl Proxy {
         grpc: bool,
         caller: Caller,
         started: Instant,
+        request_body_idle: Duration,
     ) -> Outbound {
-        let upgrade = is_upgrade(&req);
+        let mut req = req;
+        let upgrade = is_upgrade(&mut req);
         let (mut parts, body) = req.into_parts();
         let on_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
         strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -430,7 +520,7 @@ impl Proxy {
         parts.version = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
         // Only a request without a body can be sent again: bodies are streamed, not kept.
         let replayable = body.is_end_stream();
-        let body = if replayable { None } else { Some(RequestBody::Streaming(body)) };
+        let body = if replayable { None } else { Some(RequestBody::Streaming(Stalling::new(body, request_body_idle))) };
         Outbound { route, parts, body, on_upgrade, grpc, http2, replayable, caller_deadline }
     }
 
@@ -484,6 +574,7 @@ impl Proxy {
         out: &mut Outbound,
         started: Instant,
         why: &mut Explanation,
+        listener: &ListenerProxy,
     ) -> Result<Response<ResponseBody>, RouterError> {
         self.keep_small_body(out).await?;
         let route = &out.route;
@@ -516,6 +607,10 @@ impl Proxy {
                 }
                 Err(error) => return Err(error),
             };
+            if listener.is_itself(endpoint.addr, &out.parts) {
+                let (name, addr, listener) = (route.key.name.clone(), endpoint.addr, listener.name.clone());
+                return Err(RouterError::Loop { name, addr, listener });
+            }
             // A retry takes a copy; the last (or only) attempt takes the original.
             let may_retry = replayable && retries < self.settings.max_retries;
             let mut attempt_parts = if may_retry {
@@ -590,9 +685,16 @@ impl Proxy {
                     }
                     let outcome = awaits_trailers
                         .then(|| GrpcOutcome::new(self.settings.classifier.clone(), client_metrics.clone(), latency));
-                    return Ok(response.map(|b| ResponseBody::upstream(b, in_flight, outcome)));
+                    let idle = self.settings.response_body_idle_timeout;
+                    return Ok(response.map(|b| ResponseBody::upstream(b, in_flight, outcome, idle)));
                 }
                 Some(Err(e)) => {
+                    // The client's own body failed (malformed, or abandoned half-way): the
+                    // endpoint is not to blame, and the client gets a 400 or 408.
+                    if let Some(error) = RouterError::from_request_body(&e) {
+                        why.attempts.push(format!("{}: {error}", attempt()));
+                        return Err(error);
+                    }
                     endpoint.record_failure();
                     client_metrics.record(
                         StatusCode::BAD_GATEWAY,
@@ -647,11 +749,12 @@ impl Proxy {
         if out.replayable || !fits || out.grpc || out.on_upgrade.is_some() {
             return Ok(());
         }
-        let Some(RequestBody::Streaming(body)) = out.body.take() else { return Ok(()) };
+        let Some(body @ RequestBody::Streaming(_)) = out.body.take() else { return Ok(()) };
         let limit = usize::try_from(self.settings.max_replay_body_bytes).unwrap_or(usize::MAX);
-        let collected = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit))
-            .await
-            .map_err(|e| RouterError::RequestBody { cause: e.to_string() })?;
+        let collected =
+            http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await.map_err(|e| {
+                RouterError::from_request_body(&*e).unwrap_or_else(|| RouterError::RequestBody { cause: chain(&*e) })
+            })?;
         let trailers = collected.trailers().cloned();
         out.body = Some(RequestBody::Buffered { data: Some(collected.to_bytes()), trailers });
         out.replayable = true;

@@ -285,17 +285,13 @@ impl DtabStore for EtcdStore {
         let s = &self.shared;
         let (text, _) = canonical_text(dtab)?;
         let key = s.key(ns);
-        // A version that is not a positive revision matches nothing (a missing key has
-        // mod_revision 0, which must not count as a match).
-        let expected = expected.as_text().and_then(|t| t.parse::<i64>().ok()).filter(|&r| r > 0).unwrap_or(-1);
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.as_bytes(), CompareOp::Equal, expected)])
+            .when([Compare::mod_revision(key.as_bytes(), CompareOp::Equal, expected_revision(expected))])
             .and_then(s.write_ops(ns, Some(&text), meta))
             .or_else([TxnOp::get(key.as_bytes(), Some(GetOptions::new().with_count_only()))]);
         let response = s.call(s.client()?.kv_client().txn(txn)).await?;
         if !response.succeeded() {
-            let exists = response.op_responses().iter().any(|r| matches!(r, TxnOpResponse::Get(g) if g.count() > 0));
-            return Err(if exists { StoreError::Conflict } else { StoreError::NotFound(ns.clone()) });
+            return Err(not_written(ns, &response));
         }
         s.written(ns, &response).await;
         Ok(revision_version(txn_revision(&response)))
@@ -310,6 +306,21 @@ impl DtabStore for EtcdStore {
         let response = s.call(s.client()?.kv_client().txn(txn)).await?;
         if !response.succeeded() {
             return Err(StoreError::NotFound(ns.clone()));
+        }
+        s.written(ns, &response).await;
+        Ok(())
+    }
+
+    async fn delete_at(&self, ns: &Namespace, expected: &Version, meta: &ChangeMeta) -> Result<(), StoreError> {
+        let s = &self.shared;
+        let key = s.key(ns);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.as_bytes(), CompareOp::Equal, expected_revision(expected))])
+            .and_then(s.write_ops(ns, None, meta))
+            .or_else([TxnOp::get(key.as_bytes(), Some(GetOptions::new().with_count_only()))]);
+        let response = s.call(s.client()?.kv_client().txn(txn)).await?;
+        if !response.succeeded() {
+            return Err(not_written(ns, &response));
         }
         s.written(ns, &response).await;
         Ok(())
@@ -749,6 +760,18 @@ impl Backoff {
 fn namespace_of(prefix: &str, key: &[u8]) -> Option<Namespace> {
     let rest = key.strip_prefix(prefix.as_bytes())?;
     std::str::from_utf8(rest).ok()?.parse().ok()
+}
+
+/// The revision a compare-and-swap expects. A version that is not a positive revision
+/// matches nothing (a missing key has mod_revision 0, which must not count as a match).
+fn expected_revision(expected: &Version) -> i64 {
+    expected.as_text().and_then(|t| t.parse::<i64>().ok()).filter(|&r| r > 0).unwrap_or(-1)
+}
+
+/// Why a compare-and-swap transaction whose failure branch counted the key did not write.
+fn not_written(ns: &Namespace, response: &TxnResponse) -> StoreError {
+    let exists = response.op_responses().iter().any(|r| matches!(r, TxnOpResponse::Get(g) if g.count() > 0));
+    if exists { StoreError::Conflict } else { StoreError::NotFound(ns.clone()) }
 }
 
 fn revision_version(revision: i64) -> Version {

@@ -249,6 +249,10 @@ impl DtabStore for FileStore {
         self.write(ns, None, Precondition::Present, meta).await.map(drop)
     }
 
+    async fn delete_at(&self, ns: &Namespace, expected: &Version, meta: &ChangeMeta) -> Result<(), StoreError> {
+        self.write(ns, None, Precondition::At(expected.clone()), meta).await.map(drop)
+    }
+
     async fn history(&self, ns: &Namespace) -> Result<Vec<HistoryEntry>, StoreError> {
         let shared = Arc::clone(&self.shared);
         let ns = ns.clone();
@@ -382,13 +386,18 @@ impl Shared {
     ) -> Result<Version, StoreError> {
         self.with_lock(true, || {
             let path = self.dtab_path(ns);
-            let current = read_if_exists(&path).map_err(|e| self.io_error("read", &path, e))?.map(|b| digest(&b));
+            let before = read_if_exists(&path).map_err(|e| self.io_error("read", &path, e))?;
+            let current = before.as_deref().map(digest);
             match (&precondition, &current) {
                 (Precondition::Absent, Some(_)) => return Err(StoreError::Exists),
                 (Precondition::At(_) | Precondition::Present, None) => return Err(StoreError::NotFound(ns.clone())),
                 (Precondition::At(expected), Some(current)) if current != expected => return Err(StoreError::Conflict),
                 _ => {}
             }
+            // The history log is opened before the dtab changes: a log that cannot be written
+            // (a read-only file, a full disk) fails the write instead of losing its record.
+            let history_path = self.history_path(ns);
+            let mut history = self.open_history(ns).map_err(|e| self.io_error("open", &history_path, e))?;
             let now = SystemTime::now();
             let (version, value, record) = match new {
                 Some((text, dtab)) => {
@@ -401,16 +410,25 @@ impl Shared {
                 None => {
                     fs::remove_file(&path).map_err(|e| self.io_error("remove", &path, e))?;
                     sync_dir(&self.dir).map_err(|e| self.io_error("sync", &self.dir, e))?;
-                    // A deletion is recorded under the version it deleted.
-                    let version = current.unwrap_or_else(|| digest(b""));
+                    let version = deletion_version(current.as_ref());
                     let record = HistoryRecord::new(Some(&version), None, now, meta);
                     (version, None, record)
                 }
             };
-            if let Err(e) = self.append_history(ns, &record) {
-                // The dtab is written and cannot be taken back; failing the call would make the
-                // caller believe otherwise. The history misses this entry.
-                error!(namespace = %ns, error = %e, "the dtab was written but its history record was not");
+            if let Err(e) = append_record(&mut history, &record) {
+                // Put the old file back, so that the caller's failure is the truth.
+                let restored = match &before {
+                    Some(bytes) => write_atomically(&path, bytes),
+                    None => fs::remove_file(&path).and_then(|()| sync_dir(&self.dir)),
+                };
+                if let Err(error) = restored {
+                    error!(namespace = %ns, %error, "cannot undo a write whose history record failed");
+                }
+                return Err(self.io_error("append to", &history_path, e));
+            }
+            drop(history);
+            if let Err(error) = self.trim_history(ns) {
+                warn!(namespace = %ns, %error, "cannot trim the history log; it is trimmed at a later write");
             }
             let mut hub = self.hub.lock();
             self.mark_parsed(&hub, ns);
@@ -419,16 +437,25 @@ impl Shared {
         })?
     }
 
-    fn append_history(&self, ns: &Namespace, record: &HistoryRecord) -> io::Result<()> {
+    /// Opens the namespace's history log for appending, creating it (durably) if need be.
+    fn open_history(&self, ns: &Namespace) -> io::Result<File> {
         let path = self.history_path(ns);
         let existed = path.exists();
-        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-        file.write_all(format!("{}\n", record.to_json()).as_bytes())?;
-        file.sync_data()?;
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
         if !existed {
             sync_dir(&self.history_dir)?;
         }
-        // Appending is cheap; the log is cut back to the limit once it holds twice as much.
+        Ok(file)
+    }
+
+    fn append_history(&self, ns: &Namespace, record: &HistoryRecord) -> io::Result<()> {
+        append_record(&mut self.open_history(ns)?, record)?;
+        self.trim_history(ns)
+    }
+
+    /// Appending is cheap; the log is cut back to the limit once it holds twice as much.
+    fn trim_history(&self, ns: &Namespace) -> io::Result<()> {
+        let path = self.history_path(ns);
         let content = fs::read(&path)?;
         let lines = content.iter().filter(|&&b| b == b'\n').count();
         if lines > 2 * self.history_limit {
@@ -653,8 +680,9 @@ impl Shared {
                 None if self.dtab_path(ns).exists() => continue,
                 None => match last {
                     Some(last) if last.dtab.is_some() => {
-                        let version = last.version.as_deref().map(Version::from_bytes);
-                        HistoryRecord::new(version.as_ref(), None, SystemTime::now(), &outside_meta())
+                        let deleted = last.version.as_deref().map(Version::from_bytes);
+                        let version = deletion_version(deleted.as_ref());
+                        HistoryRecord::new(Some(&version), None, SystemTime::now(), &outside_meta())
                     }
                     _ => continue,
                 },
@@ -752,6 +780,31 @@ fn digest(bytes: &[u8]) -> Version {
     let hash = Sha256::digest(bytes);
     let hex: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
     Version::from_bytes(hex)
+}
+
+/// Appends one record to an open history log, durably.
+/// A record that cannot be written whole is cut off again, so that it cannot glue itself to
+/// the next record.
+fn append_record(file: &mut File, record: &HistoryRecord) -> io::Result<()> {
+    let length = file.metadata()?.len();
+    let appended = file.write_all(format!("{}\n", record.to_json()).as_bytes()).and_then(|()| file.sync_data());
+    if appended.is_err() {
+        let _ = file.set_len(length);
+    }
+    appended
+}
+
+/// The version a deletion is recorded under: a digest of what was deleted, when and by
+/// which process, so that it never repeats a version in history and never matches a file.
+fn deletion_version(deleted: Option<&Version>) -> Version {
+    static DELETIONS: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let n = DELETIONS.fetch_add(1, Ordering::Relaxed);
+    let deleted = deleted.map(Version::as_bytes).unwrap_or_default();
+    let mut seed = b"deleted\0".to_vec();
+    seed.extend_from_slice(deleted);
+    seed.extend_from_slice(format!("\0{nanos}\0{}\0{n}", std::process::id()).as_bytes());
+    digest(&seed)
 }
 
 fn read_if_exists(path: &Path) -> io::Result<Option<Vec<u8>>> {

@@ -17,8 +17,11 @@ use crate::store::{ChangeMeta, DtabStore, HistoryEntry, StoreHealth, Version, Ve
 /// How many history entries a namespace keeps unless configured otherwise.
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
 
-/// Dtabs held in this process only, lost when it exits. Versions count writes as namerd's
-/// `io.l5d.inMemory` store does: 1 on create, +1 per write, and back to 1 after a delete.
+/// Dtabs held in this process only, lost when it exits. Versions count writes: the first
+/// write to the store is version 1 and every later write, to any namespace, takes the next
+/// number. namerd's `io.l5d.inMemory` store counted per namespace and started again at 1
+/// after a delete, so a client holding a version from before a delete and re-create could
+/// overwrite the new dtab; a store-wide counter never hands out a version twice.
 #[derive(Debug)]
 pub struct MemoryStore {
     state: Mutex<MemoryState>,
@@ -31,6 +34,8 @@ pub struct MemoryStore {
 struct MemoryState {
     dtabs: BTreeMap<Namespace, VersionedDtab>,
     history: HashMap<Namespace, VecDeque<HistoryEntry>>,
+    /// The last version handed out, by any namespace.
+    last_version: u64,
 }
 
 /// What a write requires of the namespace's current state.
@@ -85,8 +90,8 @@ impl MemoryStore {
         if dtab.is_none() && current.is_none() {
             return Err(StoreError::NotFound(ns.clone()));
         }
-        let next = current.and_then(|c| c.version.counter()).unwrap_or(0) + 1;
-        let version = Version::from_counter(next);
+        state.last_version += 1;
+        let version = Version::from_counter(state.last_version);
         let value = dtab.map(|dtab| VersionedDtab { version: version.clone(), dtab: dtab.clone() });
         match &value {
             Some(value) => state.dtabs.insert(ns.clone(), value.clone()),
@@ -143,6 +148,10 @@ impl DtabStore for MemoryStore {
 
     async fn delete(&self, ns: &Namespace, meta: &ChangeMeta) -> Result<(), StoreError> {
         self.write(ns, None, Precondition::Any, meta).map(drop)
+    }
+
+    async fn delete_at(&self, ns: &Namespace, expected: &Version, meta: &ChangeMeta) -> Result<(), StoreError> {
+        self.write(ns, None, Precondition::At(expected), meta).map(drop)
     }
 
     async fn history(&self, ns: &Namespace) -> Result<Vec<HistoryEntry>, StoreError> {

@@ -233,6 +233,10 @@ impl DtabStore for InstrumentedStore {
         self.observe(Op::delete, self.inner.delete(ns, meta)).await
     }
 
+    async fn delete_at(&self, ns: &Namespace, expected: &Version, meta: &ChangeMeta) -> Result<(), StoreError> {
+        self.observe(Op::delete, self.inner.delete_at(ns, expected, meta)).await
+    }
+
     async fn history(&self, ns: &Namespace) -> Result<Vec<HistoryEntry>, StoreError> {
         self.observe(Op::history, self.inner.history(ns)).await
     }

@@ -15,9 +15,15 @@ use crate::namespace::Namespace;
 /// versions for equality and hand them back to [`DtabStore::update`]; the HTTP API sends the
 /// bytes base64-encoded as an `ETag`.
 ///
-/// The memory store uses an 8-byte big-endian counter (1 on create, +1 per write), etcd the
-/// decimal text of the key's `mod_revision`, the file store a hex digest of the file's
-/// content, and Kubernetes would use the object's `resourceVersion` text.
+/// A version is never repeated within a store's life for different content: a client holding
+/// a version from before a namespace was deleted and created again cannot overwrite the new
+/// dtab with it.
+///
+/// The memory store uses an 8-byte big-endian counter shared by all its namespaces (1 for the
+/// first write, +1 for every write after it, never reset), etcd the decimal text of the key's
+/// `mod_revision` (also store-wide), the file store a hex digest of the file's content (equal
+/// versions mean byte-identical dtabs), and Kubernetes would use the object's
+/// `resourceVersion` text.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Version(Arc<[u8]>);
 
@@ -104,6 +110,11 @@ pub trait DtabStore: Send + Sync + 'static {
     /// Deletes the namespace. Its history stays, with a deletion entry on top.
     async fn delete(&self, ns: &Namespace, meta: &ChangeMeta) -> Result<(), StoreError>;
 
+    /// Deletes the namespace only if it is still at `expected`, as [`DtabStore::update`]
+    /// replaces it: [`StoreError::Conflict`] when it has moved on, [`StoreError::NotFound`]
+    /// when it does not exist. The check and the deletion are one atomic step.
+    async fn delete_at(&self, ns: &Namespace, expected: &Version, meta: &ChangeMeta) -> Result<(), StoreError>;
+
     /// Past states of the namespace, newest first, at most the configured limit.
     /// [`StoreError::NotFound`] when the namespace has neither a dtab nor any history.
     async fn history(&self, ns: &Namespace) -> Result<Vec<HistoryEntry>, StoreError>;
@@ -149,11 +160,6 @@ impl Version {
     /// The memory store's form: an 8-byte big-endian counter.
     pub(crate) fn from_counter(n: u64) -> Self {
         Version::from_bytes(n.to_be_bytes())
-    }
-
-    /// The memory store's counter, when the version has that form.
-    pub(crate) fn counter(&self) -> Option<u64> {
-        <[u8; 8]>::try_from(&*self.0).ok().map(u64::from_be_bytes)
     }
 
     /// The version as text, when it is UTF-8 (etcd, file and Kubernetes versions are).
@@ -205,8 +211,6 @@ mod tests {
     #[test]
     fn versions_compare_by_bytes_and_debug_readably() {
         assert_eq!(Version::from_counter(1), Version::from_bytes([0, 0, 0, 0, 0, 0, 0, 1]));
-        assert_eq!(Version::from_counter(258).counter(), Some(258));
-        assert_eq!(Version::from_bytes("42").counter(), None);
         assert_eq!(format!("{:?}", Version::from_bytes("42")), "Version(42)");
         assert_eq!(format!("{:?}", Version::from_counter(1)), "Version(0x0000000000000001)");
     }

@@ -293,3 +293,29 @@ async fn putting_back_the_last_good_content_clears_the_failure() {
     assert_eq!(store.parse_failures().failures(), 1);
     assert_eq!(store.history(&ns("web")).await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_history_cannot_be_recorded_fails_and_changes_nothing() {
+    let backend = FileBackend::new();
+    let store = backend.open(5).await;
+    let version = store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
+    // A history log that cannot be opened for appending, whoever the test runs as.
+    let log = backend.path(".waymark/history/web.jsonl");
+    fs::remove_file(&log).unwrap();
+    fs::create_dir(&log).unwrap();
+
+    let update = store.update(&ns("web"), &dtab("/a=>/c"), &version, &meta()).await;
+    assert!(matches!(update, Err(StoreError::Unavailable(ref why)) if why.contains("web.jsonl")), "{update:?}");
+    assert_eq!(store.get(&ns("web")).await.unwrap().dtab, dtab("/a=>/b"));
+    assert!(matches!(store.delete(&ns("web"), &meta()).await, Err(StoreError::Unavailable(_))));
+    assert_eq!(fs::read_to_string(backend.path("web.dtab")).unwrap(), "/a=>/b\n");
+
+    fs::create_dir(backend.path(".waymark/history/api.jsonl")).unwrap();
+    assert!(matches!(store.create(&ns("api"), &dtab("/a=>/b"), &meta()).await, Err(StoreError::Unavailable(_))));
+    assert!(!backend.path("api.dtab").exists());
+
+    fs::remove_dir(&log).unwrap();
+    let next = store.update(&ns("web"), &dtab("/a=>/c"), &version, &meta()).await.unwrap();
+    let history = store.history(&ns("web")).await.unwrap();
+    assert_eq!(history[0].version, next);
+}

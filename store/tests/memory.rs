@@ -25,14 +25,16 @@ conformance_tests!(
 );
 
 #[tokio::test(start_paused = true)]
-async fn versions_count_writes_as_namerd_does() {
+async fn versions_count_every_write_in_the_store_and_never_start_again() {
     let store = MemoryStore::new();
     let counter = |n: u64| Version::from_bytes(n.to_be_bytes());
     assert_eq!(store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap(), counter(1));
     assert_eq!(store.put(&ns("web"), &dtab("/a=>/c"), &meta()).await.unwrap(), counter(2));
     assert_eq!(store.update(&ns("web"), &dtab("/a=>/d"), &counter(2), &meta()).await.unwrap(), counter(3));
+    assert_eq!(store.create(&ns("api"), &dtab("/a=>/b"), &meta()).await.unwrap(), counter(4));
     store.delete(&ns("web"), &meta()).await.unwrap();
-    assert_eq!(store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap(), counter(1));
+    assert_eq!(store.history(&ns("web")).await.unwrap()[0].version, counter(5));
+    assert_eq!(store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap(), counter(6));
 }
 
 #[tokio::test(start_paused = true)]

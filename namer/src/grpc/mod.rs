@@ -13,7 +13,7 @@ use futures::{Stream, StreamExt, future};
 use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use waymark_dtab::{Addr, Alternatives, Dtab, NameTree, Path};
+use waymark_dtab::{Addr, Alternatives, DelegateError, Dtab, NameTree, Path};
 use waymark_interpreter::{BindState, Interpreter};
 use waymark_proto::convert::VersionedDtab;
 use waymark_proto::mesh::{self, codec_server, delegator_server, interpreter_server, resolver_server};
@@ -242,7 +242,7 @@ impl delegator_server::Delegator for Mesh {
         &self,
         request: Request<mesh::DelegateTreeReq>,
     ) -> Result<Response<mesh::DelegateTreeRsp>, Status> {
-        let result = self.delegate(request.get_ref()).map(Response::new);
+        let result = self.delegate(request.get_ref()).await.map(Response::new);
         self.record("GetDelegateTree", result)
     }
 
@@ -253,7 +253,7 @@ impl delegator_server::Delegator for Mesh {
         request: Request<mesh::DelegateTreeReq>,
     ) -> Result<Response<Self::StreamDelegateTreeStream>, Status> {
         // Deprecated in the API: one message, then the stream ends.
-        let result = self.delegate(request.get_ref()).map(|tree| {
+        let result = self.delegate(request.get_ref()).await.map(|tree| {
             let stream: ResponseStream<mesh::DelegateTreeRsp> = Box::pin(futures::stream::iter([Ok(tree)]));
             Response::new(stream)
         });
@@ -262,13 +262,20 @@ impl delegator_server::Delegator for Mesh {
 }
 
 impl Mesh {
-    fn delegate(&self, req: &mesh::DelegateTreeReq) -> Result<mesh::DelegateTreeRsp, Status> {
+    /// Delegates off the runtime's threads, within the delegation limits and the request
+    /// timeout: a limit reached is `RESOURCE_EXHAUSTED`, the timeout `DEADLINE_EXCEEDED`.
+    async fn delegate(&self, req: &mesh::DelegateTreeReq) -> Result<mesh::DelegateTreeRsp, Status> {
         let req = DelegateTreeRequest::try_from(req)?;
         let NameTree::Leaf(path) = &req.tree else {
             return Err(Status::invalid_argument("only a single path can be delegated"));
         };
-        let tree =
-            self.interpreter.delegate(&req.namespace, path, &req.dtab).map_err(|e| Status::internal(e.to_string()))?;
+        let tree = self.interpreter.delegate(&req.namespace, path, &req.dtab, self.request_timeout).await.map_err(
+            |e| match e {
+                DelegateError::Cancelled => Status::deadline_exceeded(e.to_string()),
+                DelegateError::MaxDepth => Status::internal(e.to_string()),
+                e => Status::resource_exhausted(e.to_string()),
+            },
+        )?;
         Ok(mesh::DelegateTreeRsp::from(&tree))
     }
 }

@@ -55,17 +55,110 @@ pub(crate) fn etag(version: &Version) -> String {
     BASE64.encode(version.as_bytes())
 }
 
-/// Decodes an `If-Match` value leniently, as namerd does: quotes and a weak marker are
-/// ignored. A value that still cannot be decoded cannot match any version.
-fn if_match(headers: &HeaderMap) -> Result<Option<Version>, ApiError> {
-    let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
-    let text = value.to_str().map_err(|_| ApiError::PreconditionFailed)?.trim();
-    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
-    let bytes = BASE64
-        .decode(text)
-        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text.trim_end_matches('=')))
-        .map_err(|_| ApiError::PreconditionFailed)?;
-    Ok(Some(Version::from_bytes(bytes)))
+/// What an `If-Match` header asks of the namespace's current version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IfMatch {
+    /// `*`: the namespace must exist.
+    Exists,
+    /// One of these versions must be current.
+    AnyOf(Vec<Version>),
+}
+
+/// Reads `If-Match`: absent is `None` (an unconditional write); `*`; or a list of ETags, each
+/// decoded leniently as namerd does (quotes and a weak marker are ignored). A value that is
+/// empty or not base64 cannot match any version, so it fails the request with 412 at once,
+/// rather than being mistaken for no condition at all.
+fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
+    let values: Vec<_> = headers.get_all(header::IF_MATCH).iter().collect();
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let mut versions = Vec::new();
+    for value in values {
+        let text = value
+            .to_str()
+            .map_err(|_| ApiError::PreconditionFailed("If-Match is not ASCII text; send the ETag of a read".into()))?;
+        for tag in text.split(',').map(str::trim) {
+            if tag == "*" {
+                return Ok(Some(IfMatch::Exists));
+            }
+            let bare = tag.strip_prefix("W/").unwrap_or(tag).trim_matches('"');
+            let decoded = BASE64
+                .decode(bare)
+                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(bare.trim_end_matches('=')));
+            match decoded {
+                Ok(bytes) if !bytes.is_empty() => versions.push(Version::from_bytes(bytes)),
+                _ if tag.is_empty() => {}
+                _ => {
+                    return Err(ApiError::PreconditionFailed(format!(
+                        "If-Match \"{}\" is not a version this namer hands out; send the ETag of a read",
+                        quoted(tag)
+                    )));
+                }
+            }
+        }
+    }
+    if versions.is_empty() {
+        return Err(ApiError::PreconditionFailed(
+            "If-Match is empty; send the ETag of a read, or leave the header out for an unconditional write".into(),
+        ));
+    }
+    Ok(Some(IfMatch::AnyOf(versions)))
+}
+
+/// Client text as an error message shows it: control characters (a NUL, an escape, a line
+/// break) escaped as Rust writes them, and at most 1,024 characters, so that nothing a client
+/// sends reaches a response body raw. Other text is shown as it is, as namerd shows it.
+pub(crate) fn quoted(text: &str) -> String {
+    const SHOWN: usize = 1024;
+    let mut out = String::with_capacity(text.len().min(SHOWN));
+    for (i, c) in text.chars().enumerate() {
+        if i == SHOWN {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The 412 for a namespace that is not at any version the client gave.
+fn stale(ns: &Namespace, condition: &IfMatch) -> ApiError {
+    let given = match condition {
+        IfMatch::Exists => return ApiError::PreconditionFailed(format!("namespace {ns} does not exist (If-Match: *)")),
+        IfMatch::AnyOf(versions) => versions.iter().map(etag).collect::<Vec<_>>().join(", "),
+    };
+    ApiError::PreconditionFailed(format!(
+        "namespace {ns} is no longer at version {given}: it changed since that version was read; \
+         read it again, and write against the new version"
+    ))
+}
+
+/// The version to compare-and-swap against for `condition`: the current one when it
+/// satisfies the condition. `*` and lists read the current version first; the store's own
+/// compare-and-swap then catches a write that lands in between.
+async fn expected_version(api: &HttpApi, ns: &Namespace, condition: &IfMatch) -> Result<Version, ApiError> {
+    if let IfMatch::AnyOf(versions) = condition
+        && let [only] = versions.as_slice()
+    {
+        return Ok(only.clone());
+    }
+    let current = match api.store.get(ns).await {
+        Ok(current) => current.version,
+        Err(StoreError::NotFound(_)) if *condition == IfMatch::Exists => return Err(stale(ns, condition)),
+        // A namespace whose stored text does not parse still has a version.
+        Err(StoreError::NotFound(_)) => return Err(ApiError::NotFound),
+        Err(e) => return Err(e.into()),
+    };
+    match condition {
+        IfMatch::Exists => Ok(current),
+        IfMatch::AnyOf(versions) if versions.contains(&current) => Ok(current),
+        IfMatch::AnyOf(_) => Err(stale(ns, condition)),
+    }
 }
 
 fn media_type(value: &str) -> String {
@@ -126,7 +219,10 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Dtab, ApiError> {
             let dentries: Vec<Option<DentryJson>> =
                 serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("Invalid JSON dtab: {e}")))?;
             let dentries: Vec<DentryJson> = dentries.into_iter().collect::<Option<_>>().ok_or_else(|| {
-                ApiError::BadRequest(format!("The dtab contains invalid dentries: {}", String::from_utf8_lossy(body)))
+                ApiError::BadRequest(format!(
+                    "The dtab contains invalid dentries: {}",
+                    quoted(&String::from_utf8_lossy(body))
+                ))
             })?;
             dtab_from_json(&dentries).map_err(|e| ApiError::BadRequest(format!("Invalid dtab: {e}")))
         }
@@ -200,20 +296,39 @@ pub(crate) async fn resource(
             Ok(no_content_with_etag(&version))
         }
         Method::PUT => {
+            let condition = if_match(&headers)?;
             let dtab = parse_body(&headers, &body)?;
             let meta = change_meta(&headers);
-            let version = match if_match(&headers)? {
-                Some(expected) => api.store.update(&ns, &dtab, &expected, &meta).await?,
+            let version = match &condition {
+                Some(condition) => {
+                    let expected = expected_version(&api, &ns, condition).await?;
+                    api.store.update(&ns, &dtab, &expected, &meta).await.map_err(|e| conditional(&ns, condition, e))?
+                }
                 // Without If-Match, PUT is an upsert, as in every namerd store.
                 None => api.store.put(&ns, &dtab, &meta).await?,
             };
             Ok(no_content_with_etag(&version))
         }
         Method::DELETE => {
-            api.store.delete(&ns, &change_meta(&headers)).await?;
+            let meta = change_meta(&headers);
+            match if_match(&headers)? {
+                Some(condition) => {
+                    let expected = expected_version(&api, &ns, &condition).await?;
+                    api.store.delete_at(&ns, &expected, &meta).await.map_err(|e| conditional(&ns, &condition, e))?;
+                }
+                None => api.store.delete(&ns, &meta).await?,
+            }
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         _ => Err(method_not_allowed("GET, HEAD, POST, PUT, DELETE")),
+    }
+}
+
+/// The response for a failed conditional write: a conflict names the versions given.
+fn conditional(ns: &Namespace, condition: &IfMatch, e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict => stale(ns, condition),
+        other => other.into(),
     }
 }
 
@@ -293,8 +408,30 @@ mod tests {
         let v = Version::from_bytes(vec![0, 0, 0, 0, 0, 0, 0, 1]);
         for value in ["AAAAAAAAAAE=", "\"AAAAAAAAAAE=\"", "W/\"AAAAAAAAAAE=\"", "AAAAAAAAAAE"] {
             let h = headers(&[("if-match", value)]);
-            assert_eq!(if_match(&h).unwrap(), Some(v.clone()), "{value}");
+            assert_eq!(if_match(&h).unwrap(), Some(IfMatch::AnyOf(vec![v.clone()])), "{value}");
         }
-        assert!(matches!(if_match(&headers(&[("if-match", "%%%")])), Err(ApiError::PreconditionFailed)));
+    }
+
+    #[test]
+    fn if_match_reads_star_and_lists_and_refuses_empty_or_garbage() {
+        let (one, two) = (Version::from_bytes(1u64.to_be_bytes()), Version::from_bytes(2u64.to_be_bytes()));
+        assert_eq!(if_match(&headers(&[])).unwrap(), None);
+        assert_eq!(if_match(&headers(&[("if-match", "*")])).unwrap(), Some(IfMatch::Exists));
+        assert_eq!(
+            if_match(&headers(&[("if-match", "\"AAAAAAAAAAE=\", AAAAAAAAAAI=")])).unwrap(),
+            Some(IfMatch::AnyOf(vec![one, two]))
+        );
+        for garbage in ["", " ", "%%%", ",", "\"\""] {
+            match if_match(&headers(&[("if-match", garbage)])) {
+                Err(ApiError::PreconditionFailed(why)) => assert!(!why.is_empty()),
+                other => panic!("{garbage:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn quoted_client_text_escapes_control_characters_and_is_cut_short() {
+        assert_eq!(quoted("a\0b\n\u{1b}[2J é"), "a\\u{0}b\\n\\u{1b}[2J é");
+        assert_eq!(quoted(&"x".repeat(5000)).len(), 1027);
     }
 }

@@ -39,6 +39,8 @@ pub struct HttpApi {
     pub(crate) shutdown: CancellationToken,
     pub(crate) metrics: ApiMetrics,
     pub(crate) request_timeout: Duration,
+    /// The delegation output limit; rendered JSON with addresses may take four times this.
+    pub(crate) max_delegation_bytes: usize,
 }
 
 impl std::fmt::Debug for HttpApi {
@@ -56,8 +58,8 @@ pub(crate) enum ApiError {
     NotFound,
     /// 409: the namespace exists.
     Conflict,
-    /// 412: the version given is not current.
-    PreconditionFailed,
+    /// 412: the version given is not current, or cannot be one; with why.
+    PreconditionFailed(String),
     /// 405, with the methods that are allowed.
     MethodNotAllowed(&'static str),
     /// 415: the body's media type is not accepted.
@@ -79,7 +81,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::NotFound => (StatusCode::NOT_FOUND, String::new()),
             ApiError::Conflict => (StatusCode::CONFLICT, String::new()),
-            ApiError::PreconditionFailed => (StatusCode::PRECONDITION_FAILED, String::new()),
+            ApiError::PreconditionFailed(m) => (StatusCode::PRECONDITION_FAILED, m),
             ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, m),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
@@ -98,7 +100,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(_) => ApiError::NotFound,
             StoreError::Exists => ApiError::Conflict,
-            StoreError::Conflict => ApiError::PreconditionFailed,
+            StoreError::Conflict => {
+                ApiError::PreconditionFailed("the namespace changed since the given version was read".into())
+            }
             StoreError::Invalid(m) => ApiError::BadRequest(m),
             StoreError::Unavailable(m) => ApiError::Unavailable(format!("store unavailable: {m}")),
         }

@@ -10,14 +10,20 @@ use axum::response::Response;
 use futures::{Stream, StreamExt, future, stream};
 use serde::Deserialize;
 use tokio_stream::wrappers::WatchStream;
-use waymark_dtab::json::DelegateJson;
-use waymark_dtab::{Addr, BoundLeaf, BoundName, DelegateTree, Dtab, NameTree, Path};
+use waymark_dtab::json::delegate_json_within;
+use waymark_dtab::{Addr, BoundLeaf, BoundName, DelegateError, DelegateTree, Dtab, NameTree, Path};
 
+use super::dtabs::quoted;
 use super::watch::{TreeState, TreeWatch, stream_response};
 use super::{ApiError, HttpApi, document, is_watch};
 
 /// namerd answers a delegation within 2 s; addresses still unknown by then are shown pending.
 const DELEGATE_ADDRESS_WAIT: Duration = Duration::from_secs(2);
+
+/// How many distinct bound ids of a delegation get their addresses looked up (and shown); the
+/// others are shown without. A dtab a client sends can name thousands of hosts, and looking
+/// each one up would turn one request into thousands of DNS queries.
+const DELEGATE_MAX_ADDRESSES: usize = 100;
 
 /// The namespace standing for "no namespace": not a valid namespace name, so it never has a
 /// stored dtab and binds with the request's dtab alone.
@@ -41,7 +47,8 @@ pub(crate) struct DelegateBody {
 
 fn parse_path(raw: Option<&str>) -> Result<Path, ApiError> {
     let raw = raw.ok_or_else(|| ApiError::BadRequest("Invalid path: the path parameter is required".into()))?;
-    raw.parse::<Path>().map_err(|e| ApiError::BadRequest(format!("Invalid path: {raw} / {e}\n{}", e.excerpt())))
+    raw.parse::<Path>()
+        .map_err(|e| ApiError::BadRequest(format!("Invalid path: {} / {e}\n{}", quoted(raw), e.excerpt())))
 }
 
 /// The extra dtab of a request; missing or empty is the empty dtab (Linkerd sends `dtab=`).
@@ -205,28 +212,49 @@ pub(crate) async fn addr(
     Ok(document(Some("application/json"), format!("{}\n", json(&addr))))
 }
 
-/// The delegation tree as namerd's JSON, with each leaf's addresses as known within
-/// [`DELEGATE_ADDRESS_WAIT`].
-async fn delegate_json(api: &HttpApi, tree: &DelegateTree) -> String {
-    let names = tree.bound_names();
-    let mut watches: Vec<_> =
-        names.iter().map(|name| (name.id().clone(), api.interpreter.resolve(name.id()))).collect();
+/// The delegation tree as namerd's JSON, with the addresses of its first
+/// [`DELEGATE_MAX_ADDRESSES`] bound ids as known within [`DELEGATE_ADDRESS_WAIT`] (and the
+/// request's time). Rendered on a blocking thread, within four times the delegation limit;
+/// when address sets would take it past that, the tree is shown without them.
+async fn delegate_json(api: &HttpApi, tree: DelegateTree, deadline: tokio::time::Instant) -> Result<String, ApiError> {
+    let mut ids: Vec<Path> = Vec::new();
+    for name in tree.bound_names() {
+        if ids.len() == DELEGATE_MAX_ADDRESSES {
+            break;
+        }
+        if !ids.contains(name.id()) {
+            ids.push(name.id().clone());
+        }
+    }
+    let mut watches: Vec<_> = ids.into_iter().map(|id| (id.clone(), api.interpreter.resolve(&id))).collect();
     let wait = future::join_all(watches.iter_mut().map(|(_, rx)| async move {
         // Only the waiting matters; the guard it returns must not live across an await.
         let _known = rx.wait_for(|a| !a.is_pending()).await.is_ok();
     }));
-    let _ = tokio::time::timeout(DELEGATE_ADDRESS_WAIT.min(api.request_timeout), wait).await;
+    let wait_until = deadline.min(tokio::time::Instant::now() + DELEGATE_ADDRESS_WAIT);
+    let _ = tokio::time::timeout_at(wait_until, wait).await;
     let addrs: std::collections::HashMap<Path, Addr> =
         watches.iter().map(|(id, rx)| (id.clone(), rx.borrow().clone())).collect();
-    json(&DelegateJson::from_tree(tree, &mut |name| addrs.get(name.id()).cloned()))
+    let limit = api.max_delegation_bytes.saturating_mul(4);
+    let render = tokio::task::spawn_blocking(move || {
+        delegate_json_within(&tree, &|name| addrs.get(name.id()), limit)
+            .or_else(|_| delegate_json_within(&tree, &|_| None, limit))
+    });
+    match tokio::time::timeout_at(deadline, render).await {
+        Ok(Ok(Ok(json))) => Ok(json),
+        Ok(Ok(Err(e))) => Err(ApiError::BadRequest(format!("cannot show the delegation: {e}"))),
+        Ok(Err(e)) => Err(ApiError::Internal(format!("rendering the delegation failed: {e}"))),
+        Err(_) => Err(ApiError::Unavailable("Request timed out.".into())),
+    }
 }
 
 async fn delegate_in(api: &HttpApi, ns: &str, path: &Path, extra: &Dtab) -> Result<Response, ApiError> {
-    let tree = api
-        .interpreter
-        .delegate(ns, path, extra)
-        .map_err(|e| ApiError::BadRequest(format!("cannot delegate {path}: {e}")))?;
-    Ok(document(Some("application/json"), delegate_json(api, &tree).await))
+    let deadline = tokio::time::Instant::now() + api.request_timeout;
+    let tree = api.interpreter.delegate(ns, path, extra, api.request_timeout).await.map_err(|e| match e {
+        DelegateError::Cancelled => ApiError::Unavailable("Request timed out.".into()),
+        e => ApiError::BadRequest(format!("cannot delegate {}: {e}", quoted(&path.to_string()))),
+    })?;
+    Ok(document(Some("application/json"), delegate_json(api, tree, deadline).await?))
 }
 
 /// `GET /api/1/delegate/<ns>?path=&dtab=`: stored dtab followed by `dtab`.
@@ -262,7 +290,7 @@ pub(crate) async fn delegate_post(
         return Err(ApiError::UnsupportedMediaType(format!("expected application/json, not {content_type:?}")));
     }
     let request: DelegateBody = serde_json::from_slice(&body).map_err(|_| {
-        ApiError::BadRequest(format!("Malformed delegation request: {}", String::from_utf8_lossy(&body)))
+        ApiError::BadRequest(format!("Malformed delegation request: {}", quoted(&String::from_utf8_lossy(&body))))
     })?;
     let path = parse_path(Some(&request.path))?;
     let dtab = parse_dtab(Some(&request.dtab))?;

@@ -259,9 +259,9 @@ impl Drop for Router {
 
 /// The YAML of a router on ephemeral ports, with `extra` appended (top-level keys).
 pub fn config(extra: &str) -> RouterConfig {
-    let base = "admin:\n  port: 0\nlisteners:\n  - port: 0\n";
-    let yaml =
-        if extra.contains("listeners:") { format!("admin:\n  port: 0\n{extra}") } else { format!("{base}{extra}") };
+    let admin = if extra.contains("admin:") { "" } else { "admin:\n  port: 0\n" };
+    let listeners = if extra.contains("listeners:") { "" } else { "listeners:\n  - port: 0\n" };
+    let yaml = format!("{admin}{listeners}{extra}");
     RouterConfig::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
 }
 

@@ -43,6 +43,11 @@ macro_rules! conformance_tests {
             concurrent_updates_from_one_version_let_exactly_one_win,
             delete_removes_and_a_second_delete_is_not_found,
             a_deleted_namespace_can_be_created_again,
+            a_version_from_before_a_delete_and_re_create_is_stale,
+            versions_never_repeat_in_history,
+            delete_at_the_current_version_deletes,
+            delete_at_a_stale_or_foreign_version_conflicts_and_keeps_the_dtab,
+            delete_at_of_a_missing_namespace_is_not_found,
             list_is_sorted,
             dtabs_round_trip_in_canonical_form,
             an_empty_dtab_round_trips,
@@ -225,6 +230,59 @@ pub(crate) async fn a_deleted_namespace_can_be_created_again(b: &dyn Backend) {
     let version = store.create(&ns("web"), &dtab("/a=>/c"), &meta()).await.unwrap();
     let got = store.get(&ns("web")).await.unwrap();
     assert_eq!((got.version, got.dtab), (version, dtab("/a=>/c")));
+}
+
+pub(crate) async fn a_version_from_before_a_delete_and_re_create_is_stale(b: &dyn Backend) {
+    let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
+    let old = store.create(&ns("web"), &dtab("/a=>/old"), &meta()).await.unwrap();
+    store.delete(&ns("web"), &meta()).await.unwrap();
+    let new = store.create(&ns("web"), &dtab("/a=>/new"), &meta()).await.unwrap();
+    assert_ne!(old, new);
+    let stale = store.update(&ns("web"), &dtab("/a=>/stale"), &old, &meta()).await;
+    assert_eq!(stale, Err(StoreError::Conflict));
+    assert_eq!(store.delete_at(&ns("web"), &old, &meta()).await, Err(StoreError::Conflict));
+    assert_eq!(store.get(&ns("web")).await.unwrap().dtab, dtab("/a=>/new"));
+}
+
+pub(crate) async fn versions_never_repeat_in_history(b: &dyn Backend) {
+    let store = b.open(20).await;
+    let web = store.create(&ns("web"), &dtab("/a=>/1"), &meta()).await.unwrap();
+    store.create(&ns("api"), &dtab("/a=>/1"), &meta()).await.unwrap();
+    store.update(&ns("web"), &dtab("/a=>/2"), &web, &meta()).await.unwrap();
+    store.delete(&ns("web"), &meta()).await.unwrap();
+    store.create(&ns("web"), &dtab("/a=>/3"), &meta()).await.unwrap();
+    let history = store.history(&ns("web")).await.unwrap();
+    assert_eq!(history.len(), 4, "{history:?}");
+    let distinct: std::collections::HashSet<&Version> = history.iter().map(|e| &e.version).collect();
+    assert_eq!(distinct.len(), history.len(), "{history:?}");
+}
+
+pub(crate) async fn delete_at_the_current_version_deletes(b: &dyn Backend) {
+    let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
+    let version = store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
+    store.delete_at(&ns("web"), &version, &ChangeMeta::by("alice")).await.unwrap();
+    assert_eq!(store.get(&ns("web")).await, Err(StoreError::NotFound(ns("web"))));
+    let history = store.history(&ns("web")).await.unwrap();
+    assert_eq!((history[0].dtab.as_ref(), history[0].author.as_deref()), (None, Some("alice")));
+}
+
+pub(crate) async fn delete_at_a_stale_or_foreign_version_conflicts_and_keeps_the_dtab(b: &dyn Backend) {
+    let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
+    let first = store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
+    store.update(&ns("web"), &dtab("/a=>/c"), &first, &meta()).await.unwrap();
+    assert_eq!(store.delete_at(&ns("web"), &first, &meta()).await, Err(StoreError::Conflict));
+    let foreign = Version::from_bytes("no such version");
+    assert_eq!(store.delete_at(&ns("web"), &foreign, &meta()).await, Err(StoreError::Conflict));
+    assert_eq!(store.delete_at(&ns("web"), &Version::from_bytes(""), &meta()).await, Err(StoreError::Conflict));
+    assert_eq!(store.get(&ns("web")).await.unwrap().dtab, dtab("/a=>/c"));
+}
+
+pub(crate) async fn delete_at_of_a_missing_namespace_is_not_found(b: &dyn Backend) {
+    let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
+    let version = store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
+    store.delete(&ns("web"), &meta()).await.unwrap();
+    assert_eq!(store.delete_at(&ns("web"), &version, &meta()).await, Err(StoreError::NotFound(ns("web"))));
+    assert_eq!(store.delete_at(&ns("never"), &version, &meta()).await, Err(StoreError::NotFound(ns("never"))));
 }
 
 pub(crate) async fn list_is_sorted(b: &dyn Backend) {
