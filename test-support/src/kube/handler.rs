@@ -16,7 +16,6 @@ use percent_encoding::percent_decode_str;
 use serde_json::{Value, json};
 
 use super::auth::{Attributes, User};
-use super::discovery;
 use super::kinds::Kind;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult, FieldError};
@@ -25,6 +24,7 @@ use super::store::{
 };
 use super::watch::{self, WatchSpec, WatchStart};
 use super::{LoggedRequest, RequestFilter, Shared};
+use super::{discovery, protobuf};
 
 /// The largest request body accepted, as the API server's default.
 const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -183,6 +183,16 @@ fn negotiate(headers: &HeaderMap) -> ApiResult<Format> {
     if yaml { Ok(Format::Yaml) } else { Err(ApiError::not_acceptable(accept)) }
 }
 
+/// Whether the `Accept` header lists this media type.
+fn accepts(headers: &HeaderMap, media: &str) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|part| part.trim().split(';').next().is_some_and(|m| m.trim() == media))
+}
+
 fn respond(code: u16, value: &Value, format: Format, warnings: &[String]) -> Response<Body> {
     let (bytes, content_type) = match format {
         Format::Json => (serde_json::to_vec(value).expect("JSON values serialise"), "application/json"),
@@ -289,13 +299,21 @@ impl Incoming_<'_> {
             .unwrap_or("application/json")
     }
 
-    /// The body of a create or update: JSON, or YAML (which includes JSON).
-    fn object_body(&self) -> ApiResult<Value> {
+    /// The body of a create or update: JSON, YAML, or for some built-in kinds protobuf.
+    fn object_body(&self, kind: &Kind) -> ApiResult<Value> {
+        let accepted = ["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"];
         match self.content_type() {
             "application/json" | "" => serde_json::from_slice(&self.body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding the body: {e}"))),
             "application/yaml" => yaml(&self.body),
-            _ => Err(ApiError::unsupported_media_type(&["application/json", "application/yaml"])),
+            "application/vnd.kubernetes.protobuf" => match protobuf::decode(&self.body, &kind.group, &kind.kind) {
+                Ok(value) => Ok(value),
+                Err(protobuf::DecodeError::Unsupported(_)) => Err(ApiError::unsupported_media_type(&accepted[..2])),
+                Err(protobuf::DecodeError::Malformed(why)) => {
+                    Err(ApiError::bad_request(format!("error decoding the body: {why}")))
+                }
+            },
+            _ => Err(ApiError::unsupported_media_type(&accepted)),
         }
     }
 
@@ -314,6 +332,21 @@ fn yaml(bytes: &[u8]) -> ApiResult<Value> {
 }
 
 async fn dispatch(shared: &Arc<Shared>, route: Option<Route>, request: Incoming_<'_>) -> ApiResult<Response<Body>> {
+    if route == Some(Route::OpenApiV2)
+        && request.method == Method::GET
+        && accepts(request.headers, protobuf::OPENAPI_V2_MEDIA_TYPE)
+    {
+        let version = discovery::version();
+        let paths = discovery::patch_paths(&shared.state.lock().expect("state lock").registry);
+        let document =
+            protobuf::openapi_v2_document("Kubernetes", version["gitVersion"].as_str().unwrap_or_default(), &paths);
+        return Ok(Response::builder()
+            .status(200)
+            // As kube-openapi answers: the media type itself does not parse as one.
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(full(document))
+            .expect("a valid response"));
+    }
     let format = negotiate(request.headers)?;
     let get_only = |value: Option<Value>| -> ApiResult<Response<Body>> {
         if request.method != Method::GET {
@@ -433,13 +466,13 @@ async fn resource(
         }
         "create" => {
             let ctx = write_ctx(shared, &kind, &path, &request, "CreateOptions")?;
-            let body = request.object_body()?;
+            let body = request.object_body(&kind)?;
             let written = shared.state.lock().expect("state lock").create(&ctx, body)?;
             Ok(respond(written.code, &written.object, format, &written.warnings))
         }
         "update" => {
             let ctx = write_ctx(shared, &kind, &path, &request, "UpdateOptions")?;
-            let body = request.object_body()?;
+            let body = request.object_body(&kind)?;
             let name = path.name.as_deref().unwrap_or_default();
             let written = shared.state.lock().expect("state lock").update(&ctx, name, body, status)?;
             Ok(respond(written.code, &written.object, format, &written.warnings))
@@ -472,7 +505,7 @@ fn review(
     request: &Incoming_<'_>,
     format: Format,
 ) -> ApiResult<Response<Body>> {
-    let mut body = request.object_body()?;
+    let mut body = request.object_body(kind)?;
     if !body.is_object() {
         return Err(ApiError::bad_request("the body must be an object"));
     }
