@@ -6,8 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::{self, Either};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, Semaphore, watch};
@@ -20,7 +23,7 @@ use waymark_dtab::{
 
 use crate::dns::{Dns, DnsFailure};
 use crate::dtabs::DtabSource;
-use crate::namers::{NamerConfig, ServiceNamer};
+use crate::namers::{NamerConfig, NamerHealth, ServiceNamer};
 use crate::resolver::{BindState, Resolver};
 
 /// Tuning for an [`Interpreter`].
@@ -55,6 +58,13 @@ pub struct InterpreterMetrics {
     override_bytes: Gauge,
     overrides_evicted: Counter,
     overrides_refused: Counter,
+    namers: NamerHealthCollector,
+}
+
+/// Reports, at each scrape, whether each configured namer can read its source.
+#[derive(Clone, Default)]
+struct NamerHealthCollector {
+    mounts: Arc<Vec<(Path, Arc<dyn ServiceNamer>)>>,
 }
 
 /// Binds names and resolves bound ids, keeping every result current as watches.
@@ -144,6 +154,7 @@ impl Default for InterpreterMetrics {
             override_bytes: Gauge::default(),
             overrides_evicted: Counter::default(),
             overrides_refused: Counter::default(),
+            namers: NamerHealthCollector::default(),
         }
     }
 }
@@ -175,6 +186,7 @@ impl InterpreterMetrics {
             "Bindings with a per-request dtab refused because the override limits were reached",
             self.overrides_refused.clone(),
         );
+        registry.register_collector(Box::new(self.namers.clone()));
     }
 }
 
@@ -191,13 +203,15 @@ impl Interpreter {
         for (prefix, namer) in &mounts {
             namers.mount(prefix.clone(), namer.clone())?;
         }
+        let mut metrics = InterpreterMetrics::default();
+        metrics.namers.mounts = Arc::new(mounts.clone());
         let inner = Inner {
             dtabs,
             namers,
             mounts,
             dns,
             options,
-            metrics: InterpreterMetrics::default(),
+            metrics,
             bindings: Mutex::default(),
             address_sets: Mutex::default(),
             heavy: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()).max(2)),
@@ -371,6 +385,16 @@ impl Interpreter {
         paths.into_iter().collect()
     }
 
+    /// Why each configured namer that cannot read its source now cannot, as
+    /// `<mount>: <problem>`; empty when all can. Such a namer serves its last good state.
+    pub fn namer_problems(&self) -> Vec<String> {
+        self.inner
+            .mounts
+            .iter()
+            .filter_map(|(mount, namer)| namer.health().problem.map(|problem| format!("namer {mount}: {problem}")))
+            .collect()
+    }
+
     /// The number of bindings and address sets kept current.
     pub fn active_counts(&self) -> (usize, usize) {
         (lock(&self.inner.bindings).entries.len(), lock(&self.inner.address_sets).len())
@@ -390,6 +414,40 @@ impl Resolver for NamespaceResolver {
 
     fn resolve(&self, id: &Path) -> watch::Receiver<Addr> {
         self.interpreter.resolve(id)
+    }
+}
+
+impl std::fmt::Debug for NamerHealthCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.mounts.iter().map(|(mount, _)| mount)).finish()
+    }
+}
+
+impl Collector for NamerHealthCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let labels = |mount: &Path| [("namer", mount.to_string())];
+        let healths: Vec<(&Path, NamerHealth)> = self.mounts.iter().map(|(m, n)| (m, n.health())).collect();
+        {
+            let mut family = encoder.encode_descriptor(
+                "namer_available",
+                "1 while a namer can read its source; 0 while it cannot and serves its last good state",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (mount, health) in &healths {
+                ConstGauge::new(i64::from(health.problem.is_none())).encode(family.encode_family(&labels(mount))?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "namer_read_failures",
+            "Reads of a namer's source that failed (in part or whole)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (mount, health) in &healths {
+            ConstCounter::new(health.read_failures).encode(family.encode_family(&labels(mount))?)?;
+        }
+        Ok(())
     }
 }
 

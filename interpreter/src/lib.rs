@@ -19,5 +19,5 @@ mod resolver;
 pub use dns::{Dns, DnsFailure};
 pub use dtabs::{DtabSource, FixedDtabs};
 pub use interpreter::{Interpreter, InterpreterMetrics, InterpreterOptions, NamespaceResolver};
-pub use namers::{ConfigProblem, NamerConfig, ServiceNamer};
+pub use namers::{ConfigProblem, NamerConfig, NamerHealth, ServiceNamer};
 pub use resolver::{BindState, Resolver};

@@ -276,7 +276,7 @@ pub(crate) async fn serve(
     let builder = {
         let mut builder = hyper::server::conn::http1::Builder::new();
         // Timed by `conn::watch` instead (see `server::http_builder`).
-        builder.timer(TokioTimer::new()).header_read_timeout(None);
+        builder.timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(crate::server::MAX_HTTP1_HEAD_BYTES);
         Arc::new(builder)
     };
     loop {

@@ -25,6 +25,10 @@ pub(crate) enum RouterError {
     Unidentified(&'static str),
     #[error("Bad request: {0}")]
     Malformed(&'static str),
+    #[error(
+        "too many distinct dtab overrides are in use at once ({count} bindings, {bytes} bytes of overrides; see binding_cache.max_override_bindings and max_override_total_bytes)"
+    )]
+    OverridesBusy { count: usize, bytes: usize },
     #[error("CONNECT is not supported: the router forwards requests to services, it does not open tunnels")]
     Tunnel,
     #[error(transparent)]
@@ -113,6 +117,7 @@ impl RouterError {
             RouterError::BadOverride(_) | RouterError::RequestBody { .. } => StatusCode::BAD_REQUEST,
             RouterError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             RouterError::BindingTimeout { .. }
+            | RouterError::OverridesBusy { .. }
             | RouterError::TotalTimeout { .. }
             | RouterError::AttemptTimeout { .. }
             | RouterError::DeadlineExceeded { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -131,6 +136,7 @@ impl RouterError {
         match self {
             RouterError::Unidentified(_) => "unidentified",
             RouterError::Malformed(_) => "malformed",
+            RouterError::OverridesBusy { .. } => "overrides_busy",
             RouterError::Tunnel => "connect",
             RouterError::BadOverride(OverrideError::TooLarge { .. }) => "override_too_large",
             RouterError::BadOverride(_) => "bad_override",
@@ -154,6 +160,7 @@ impl RouterError {
             | RouterError::AttemptTimeout { .. }
             | RouterError::DeadlineExceeded { .. } => DEADLINE_EXCEEDED,
             RouterError::CallDepth { .. } | RouterError::Loop { .. } => FAILED_PRECONDITION,
+            RouterError::OverridesBusy { .. } => RESOURCE_EXHAUSTED,
             _ => UNAVAILABLE,
         }
     }

@@ -57,6 +57,11 @@ pub(crate) struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EvictionLabels {
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StreamLabels {
     pub(crate) kind: &'static str,
 }
@@ -97,6 +102,9 @@ pub(crate) struct Metrics {
     pub(crate) connections: ConnectionMetricFamilies,
     pub(crate) refused_requests: Family<RefusedLabels, Counter>,
     pub(crate) bindings: Gauge,
+    pub(crate) override_bindings: Gauge,
+    pub(crate) override_binding_bytes: Gauge,
+    pub(crate) binding_evictions: Family<EvictionLabels, Counter>,
     pub(crate) namer_connected: Gauge,
     pub(crate) namer_streams: Family<StreamLabels, Gauge>,
     pub(crate) namer_reconnects: Counter,
@@ -156,6 +164,9 @@ impl Metrics {
         let connections = ConnectionMetricFamilies::default();
         let refused_requests = Family::default();
         let bindings = Gauge::default();
+        let override_bindings = Gauge::default();
+        let override_binding_bytes = Gauge::default();
+        let binding_evictions = Family::default();
         let namer_connected = Gauge::default();
         let namer_streams = Family::default();
         let namer_reconnects = Counter::default();
@@ -198,6 +209,17 @@ impl Metrics {
             refused_requests.clone(),
         );
         r.register("bindings", "Live bindings of (logical name, dtab override)", bindings.clone());
+        r.register("override_bindings", "Live bindings with a dtab override", override_bindings.clone());
+        r.register(
+            "override_binding_bytes",
+            "Bytes of override text held by live bindings with a dtab override",
+            override_binding_bytes.clone(),
+        );
+        r.register(
+            "binding_evictions",
+            "Bindings dropped, by reason (idle: unused for idle_ttl_secs; limit: over a binding_cache limit)",
+            binding_evictions.clone(),
+        );
         r.register("namer_connected", "1 while the namer is reachable", namer_connected.clone());
         r.register("namer_streams", "Open streams to the namer, by kind", namer_streams.clone());
         r.register("namer_reconnects", "Times a namer stream was opened again after failing", namer_reconnects.clone());
@@ -217,6 +239,9 @@ impl Metrics {
             connections,
             refused_requests,
             bindings,
+            override_bindings,
+            override_binding_bytes,
+            binding_evictions,
             namer_connected,
             namer_streams,
             namer_reconnects,

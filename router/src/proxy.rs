@@ -36,7 +36,7 @@ use crate::identify::{Identified, Identifier, identify};
 use crate::metrics::RefusedLabels;
 use crate::naming::Naming;
 use crate::retry::{Class, ClassifierConfig, Deadlines, is_idempotent};
-use crate::routes::{Choice, Concrete, Endpoints, Route, RouteKey, RouteState, Routes};
+use crate::routes::{Choice, Concrete, Endpoints, OverridesBusy, Route, RouteKey, RouteState, Routes};
 
 /// Settings of the pipeline, from configuration.
 #[derive(Debug, Clone)]
@@ -226,7 +226,12 @@ impl ListenerProxy {
         };
 
         // bind: the (name, override) binding, shared by every request that needs it.
-        let route = self.proxy.routes.get(RouteKey { name, local });
+        let route = match self.proxy.routes.get(RouteKey { name, local }) {
+            Ok(route) => route,
+            Err(OverridesBusy { name, count, bytes }) => {
+                return Err(Box::new((RouterError::OverridesBusy { count, bytes }, Some(name))));
+            }
+        };
         route.metrics.requests.inc();
         route.budget.deposit();
         Ok(self.proxy.outbound(route, req, why.grpc, caller, started, self.request_body_idle_timeout))

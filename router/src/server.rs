@@ -178,12 +178,17 @@ impl ListenerConfig {
     }
 }
 
+/// The largest HTTP/1.1 request head a client may send (hyper's default is 400 KiB, which ten
+/// thousand slow clients could turn into 4 GB); room for an 8 KiB dtab override and large
+/// cookies. Larger heads get 431.
+pub(crate) const MAX_HTTP1_HEAD_BYTES: usize = 64 * 1024;
+
 /// The HTTP server settings every listener uses.
 pub(crate) fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Request heads and idle connections are timed by `conn::watch`, which tells the two
     // apart; hyper's own header timer would also close kept-alive connections.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(MAX_HTTP1_HEAD_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())

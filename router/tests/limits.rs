@@ -218,3 +218,14 @@ async fn an_endpoint_whose_response_body_stops_arriving_is_cut_off() {
     let body = tokio::time::timeout(GENEROUS, http_body_util::BodyExt::collect(response.into_body())).await;
     assert!(body.expect("the body ends, one way or another").is_err(), "the client learns the body is incomplete");
 }
+
+#[tokio::test]
+async fn an_oversized_request_head_gets_431() {
+    let resolver = TestResolver::new("/svc => /$/inet/127.0.0.1");
+    let router = router(config(""), resolver).await;
+    let mut conn = TcpStream::connect(router.addr()).await.unwrap();
+    let cookie = "c".repeat(70 * 1024);
+    let head = format!("GET / HTTP/1.1\r\nHost: web\r\nCookie: {cookie}\r\n\r\n");
+    let _ = conn.write_all(head.as_bytes()).await;
+    assert_eq!(status_line(&mut conn).await, "HTTP/1.1 431 Request Header Fields Too Large");
+}

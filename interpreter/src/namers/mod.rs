@@ -31,6 +31,21 @@ pub trait ServiceNamer: Namer {
     fn names(&self) -> Option<Vec<Path>> {
         None
     }
+
+    /// Whether the namer can read its source now. A namer that cannot keeps answering from
+    /// its last good state: "I could not look" is never "it is not there".
+    fn health(&self) -> NamerHealth {
+        NamerHealth::default()
+    }
+}
+
+/// Whether a namer can read its source (a directory, a service registry).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamerHealth {
+    /// Why it cannot, while it cannot; it serves its last good state meanwhile.
+    pub problem: Option<String>,
+    /// How many reads of its source have failed since it started.
+    pub read_failures: u64,
 }
 
 /// One configured namer, chosen by `kind`.

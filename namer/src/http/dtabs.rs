@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -17,7 +17,7 @@ use waymark_dtab::json::{DentryJson, dtab_from_json};
 use waymark_store::{ChangeMeta, HistoryEntry, Namespace, StoreError, Version};
 
 use super::watch::stream_response;
-use super::{ApiError, HttpApi, document, is_watch};
+use super::{ApiError, HttpApi, document, is_watch, refuse_browser_write};
 
 /// The author of a change, for history.
 pub const AUTHOR_HEADER: &str = "waymark-author";
@@ -273,11 +273,16 @@ pub(crate) async fn list(State(api): State<HttpApi>, Query(q): Query<WatchQuery>
 pub(crate) async fn resource(
     State(api): State<HttpApi>,
     method: Method,
+    uri: Uri,
     UrlPath(rest): UrlPath<String>,
     Query(q): Query<WatchQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    if matches!(method, Method::POST | Method::PUT | Method::DELETE) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        refuse_browser_write(&headers, host.or(uri.authority().map(|a| a.as_str())))?;
+    }
     if let Some(ns) = rest.strip_suffix("/history") {
         let ns = namespace(ns)?;
         return match method {
