@@ -23,7 +23,7 @@ use waymark_dtab::{
 
 use crate::dns::{Dns, DnsFailure};
 use crate::dtabs::DtabSource;
-use crate::namers::{NamerConfig, NamerHealth, ServiceNamer};
+use crate::namers::{InvalidPrefix, NamerHealth, NamerKind, NamerStartError, ServiceNamer};
 use crate::resolver::{BindState, Resolver};
 
 /// Tuning for an [`Interpreter`].
@@ -45,6 +45,20 @@ pub struct InterpreterOptions {
     pub max_override_bytes: usize,
     /// The largest delegation output, in bytes of namerd's JSON without addresses.
     pub max_delegation_bytes: usize,
+}
+
+/// Why an interpreter could not be built from a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum FromConfigError {
+    /// A namer's prefix is not a path.
+    #[error(transparent)]
+    Prefix(#[from] InvalidPrefix),
+    /// A namer could not start.
+    #[error(transparent)]
+    Start(#[from] NamerStartError),
+    /// Two namers' prefixes overlap.
+    #[error("mounting the namers")]
+    Mount(#[from] MountError),
 }
 
 /// Metrics of an interpreter.
@@ -219,18 +233,19 @@ impl Interpreter {
         Ok(Interpreter { inner: Arc::new(inner) })
     }
 
-    /// Starts the configured namers and builds an interpreter over them.
-    pub async fn from_config(
+    /// Starts the configured namers, of whatever kinds the caller composes, and builds an
+    /// interpreter over them.
+    pub async fn from_config<K: NamerKind>(
         dtabs: Arc<dyn DtabSource>,
-        namers: &[NamerConfig],
+        namers: &[K],
         options: InterpreterOptions,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, FromConfigError> {
         let dns = Dns::from_system();
         let mut mounts = Vec::with_capacity(namers.len());
         for config in namers {
-            mounts.push((config.mount()?, config.build(&dns).await?));
+            mounts.push((config.mount()?, config.start(&dns).await?));
         }
-        Interpreter::new(dtabs, mounts, dns, options).map_err(|e| e.to_string())
+        Ok(Interpreter::new(dtabs, mounts, dns, options)?)
     }
 
     /// The interpreter's metrics.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use waymark_dtab::{Addr, Dtab, Path};
-use waymark_interpreter::namers::{FsConfig, NamerConfig};
+use waymark_interpreter::namers::{BuiltinNamer, FsConfig};
 use waymark_interpreter::{BindState, Dns, FixedDtabs, Interpreter, InterpreterOptions, Resolver};
 
 fn p(s: &str) -> Path {
@@ -119,7 +119,7 @@ async fn bindings_and_addresses_follow_files_of_the_fs_namer() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("web-v1"), "127.0.0.1 8081\n").unwrap();
     let namers =
-        [NamerConfig::Fs(FsConfig { prefix: "/io.l5d.fs".into(), root_dir: dir.path().into(), poll_interval_ms: 50 })];
+        [BuiltinNamer::Fs(FsConfig { prefix: "/io.l5d.fs".into(), root_dir: dir.path().into(), poll_interval_ms: 50 })];
     let dtabs = Arc::new(FixedDtabs::with("default", d("/svc=>/#/io.l5d.fs;/svc/web=>/svc/web-v2 | /svc/web-v1")));
     let interpreter = Interpreter::from_config(dtabs, &namers, InterpreterOptions::default()).await.unwrap();
     let resolver = interpreter.namespace("default");
