@@ -31,6 +31,17 @@ pub trait ServiceNamer: Namer {
     /// A counter that moves whenever an answer of [`Namer::lookup`] may have changed.
     fn changes(&self) -> watch::Receiver<u64>;
 
+    /// A counter that moves whenever the answer of [`Namer::lookup`] for `path` may have
+    /// changed; [`ServiceNamer::changes`] must move then too. A binding holds this receiver
+    /// for as long as it is kept, so that only the bindings a change concerns bind again,
+    /// and a namer that watches its source per name may take the held receivers as interest
+    /// in that name, and stop watching it when none is held. By default, the namer-wide
+    /// [`ServiceNamer::changes`].
+    fn lookup_changes(&self, path: &Path) -> watch::Receiver<u64> {
+        let _ = path;
+        self.changes()
+    }
+
     /// Watches the address set of a concrete name this namer bound; `id` is relative to the
     /// mount prefix (for `/#/io.l5d.fs/web`, `/web`).
     fn resolve(&self, id: &Path) -> watch::Receiver<Addr>;
