@@ -256,7 +256,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, request: http::Request<Incoming>
             match body {
                 Ok(body) => {
                     let request =
-                        Incoming_ { method: &method, query: &query, headers: &headers, body, user, info: &info };
+                        ApiRequest { method: &method, query: &query, headers: &headers, body, user, info: &info };
                     dispatch(&shared, route, request).await
                 }
                 Err(e) => Err(e),
@@ -281,7 +281,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, request: http::Request<Incoming>
 }
 
 /// The parts of a request the operations read.
-struct Incoming_<'a> {
+struct ApiRequest<'a> {
     method: &'a Method,
     query: &'a Query,
     headers: &'a HeaderMap,
@@ -290,7 +290,7 @@ struct Incoming_<'a> {
     info: &'a RequestInfo,
 }
 
-impl Incoming_<'_> {
+impl ApiRequest<'_> {
     fn content_type(&self) -> &str {
         self.headers
             .get(header::CONTENT_TYPE)
@@ -331,7 +331,7 @@ fn yaml(bytes: &[u8]) -> ApiResult<Value> {
     serde_saphyr::from_str::<Value>(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
 }
 
-async fn dispatch(shared: &Arc<Shared>, route: Option<Route>, request: Incoming_<'_>) -> ApiResult<Response<Body>> {
+async fn dispatch(shared: &Arc<Shared>, route: Option<Route>, request: ApiRequest<'_>) -> ApiResult<Response<Body>> {
     if route == Some(Route::OpenApiV2)
         && request.method == Method::GET
         && accepts(request.headers, protobuf::OPENAPI_V2_MEDIA_TYPE)
@@ -384,7 +384,7 @@ async fn dispatch(shared: &Arc<Shared>, route: Option<Route>, request: Incoming_
 async fn resource(
     shared: &Arc<Shared>,
     path: ResourcePath,
-    request: Incoming_<'_>,
+    request: ApiRequest<'_>,
     format: Format,
 ) -> ApiResult<Response<Body>> {
     let kind = shared
@@ -465,13 +465,13 @@ async fn resource(
             Ok(watch::respond(shared.clone(), kind, spec, filter_info))
         }
         "create" => {
-            let ctx = write_ctx(shared, &kind, &path, &request, "CreateOptions")?;
+            let ctx = write_ctx(&kind, &path, &request, "CreateOptions")?;
             let body = request.object_body(&kind)?;
             let written = shared.state.lock().expect("state lock").create(&ctx, body)?;
             Ok(respond(written.code, &written.object, format, &written.warnings))
         }
         "update" => {
-            let ctx = write_ctx(shared, &kind, &path, &request, "UpdateOptions")?;
+            let ctx = write_ctx(&kind, &path, &request, "UpdateOptions")?;
             let body = request.object_body(&kind)?;
             let name = path.name.as_deref().unwrap_or_default();
             let written = shared.state.lock().expect("state lock").update(&ctx, name, body, status)?;
@@ -479,7 +479,7 @@ async fn resource(
         }
         "patch" => patch(shared, &kind, &path, &request, status, format),
         "delete" => {
-            let mut ctx = write_ctx(shared, &kind, &path, &request, "DeleteOptions")?;
+            let mut ctx = write_ctx(&kind, &path, &request, "DeleteOptions")?;
             let options = delete_options(&request)?;
             ctx.dry_run |= options.dry_run;
             let name = path.name.as_deref().unwrap_or_default();
@@ -487,7 +487,7 @@ async fn resource(
             Ok(respond(written.code, &written.object, format, &[]))
         }
         "deletecollection" => {
-            let mut ctx = write_ctx(shared, &kind, &path, &request, "DeleteOptions")?;
+            let mut ctx = write_ctx(&kind, &path, &request, "DeleteOptions")?;
             let options = delete_options(&request)?;
             ctx.dry_run |= options.dry_run;
             let scope = list_scope(&kind, &path, request.query)?;
@@ -502,7 +502,7 @@ fn review(
     shared: &Arc<Shared>,
     kind: &Kind,
     path: &ResourcePath,
-    request: &Incoming_<'_>,
+    request: &ApiRequest<'_>,
     format: Format,
 ) -> ApiResult<Response<Body>> {
     let mut body = request.object_body(kind)?;
@@ -561,14 +561,7 @@ fn field_validation(query: &Query) -> ApiResult<FieldValidation> {
     }
 }
 
-fn write_ctx(
-    shared: &Arc<Shared>,
-    kind: &Arc<Kind>,
-    path: &ResourcePath,
-    request: &Incoming_<'_>,
-    options: &str,
-) -> ApiResult<WriteCtx> {
-    let _ = shared;
+fn write_ctx(kind: &Arc<Kind>, path: &ResourcePath, request: &ApiRequest<'_>, options: &str) -> ApiResult<WriteCtx> {
     let mut errors = Vec::new();
     let dry_run = match request.query.get("dryRun") {
         None | Some("") => false,
@@ -601,7 +594,7 @@ fn patch(
     shared: &Arc<Shared>,
     kind: &Arc<Kind>,
     path: &ResourcePath,
-    request: &Incoming_<'_>,
+    request: &ApiRequest<'_>,
     status: bool,
     format: Format,
 ) -> ApiResult<Response<Body>> {
@@ -634,7 +627,7 @@ fn patch(
     if !errors.is_empty() {
         return Err(ApiError::invalid_options("PatchOptions", errors));
     }
-    let ctx = write_ctx(shared, kind, path, request, "PatchOptions")?;
+    let ctx = write_ctx(kind, path, request, "PatchOptions")?;
     let body = match patch_type {
         PatchType::Apply => yaml(&request.body)?,
         _ => serde_json::from_slice(&request.body)
@@ -645,7 +638,7 @@ fn patch(
     Ok(respond(written.code, &written.object, format, &written.warnings))
 }
 
-fn delete_options(request: &Incoming_<'_>) -> ApiResult<DeleteOptions> {
+fn delete_options(request: &ApiRequest<'_>) -> ApiResult<DeleteOptions> {
     let mut options = DeleteOptions::default();
     let body: Value = if request.body.is_empty() {
         Value::Null

@@ -365,13 +365,13 @@ impl State {
                 m.remove("generation");
             }
         }
-        if kind.has_status(&ctx.version) && !ctx.keep_status && kind.kind != "Node" {
-            match object.as_object_mut() {
-                Some(map) => {
-                    map.remove("status");
-                }
-                None => unreachable!("checked to be an object"),
-            }
+        // Status is the controllers' to write, except for a node registering itself.
+        if kind.has_status(&ctx.version)
+            && !ctx.keep_status
+            && kind.kind != "Node"
+            && let Some(map) = object.as_object_mut()
+        {
+            map.remove("status");
         }
         self.apply_defaults(&kind, &mut object);
         let warnings = self.validate(ctx, &mut object, None)?;
