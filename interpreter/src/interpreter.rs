@@ -6,8 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::{self, Either};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, Semaphore, watch};
@@ -20,7 +23,7 @@ use waymark_dtab::{
 
 use crate::dns::{Dns, DnsFailure};
 use crate::dtabs::DtabSource;
-use crate::namers::{NamerConfig, ServiceNamer};
+use crate::namers::{InvalidPrefix, NamerHealth, NamerKind, NamerStartError, ServiceNamer};
 use crate::resolver::{BindState, Resolver};
 
 /// Tuning for an [`Interpreter`].
@@ -44,6 +47,20 @@ pub struct InterpreterOptions {
     pub max_delegation_bytes: usize,
 }
 
+/// Why an interpreter could not be built from a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum FromConfigError {
+    /// A namer's prefix is not a path.
+    #[error(transparent)]
+    Prefix(#[from] InvalidPrefix),
+    /// A namer could not start.
+    #[error(transparent)]
+    Start(#[from] NamerStartError),
+    /// Two namers' prefixes overlap.
+    #[error("mounting the namers")]
+    Mount(#[from] MountError),
+}
+
 /// Metrics of an interpreter.
 #[derive(Debug, Clone)]
 pub struct InterpreterMetrics {
@@ -55,6 +72,13 @@ pub struct InterpreterMetrics {
     override_bytes: Gauge,
     overrides_evicted: Counter,
     overrides_refused: Counter,
+    namers: NamerHealthCollector,
+}
+
+/// Reports, at each scrape, whether each configured namer can read its source.
+#[derive(Clone, Default)]
+struct NamerHealthCollector {
+    mounts: Arc<Vec<(Path, Arc<dyn ServiceNamer>)>>,
 }
 
 /// Binds names and resolves bound ids, keeping every result current as watches.
@@ -112,6 +136,13 @@ struct BindingEntry {
     override_bytes: usize,
 }
 
+/// One namer lookup a binding made.
+struct Consulted {
+    mount: Path,
+    namer: Arc<dyn ServiceNamer>,
+    path: Path,
+}
+
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct BindKey {
     namespace: Arc<str>,
@@ -144,6 +175,7 @@ impl Default for InterpreterMetrics {
             override_bytes: Gauge::default(),
             overrides_evicted: Counter::default(),
             overrides_refused: Counter::default(),
+            namers: NamerHealthCollector::default(),
         }
     }
 }
@@ -175,6 +207,7 @@ impl InterpreterMetrics {
             "Bindings with a per-request dtab refused because the override limits were reached",
             self.overrides_refused.clone(),
         );
+        registry.register_collector(Box::new(self.namers.clone()));
     }
 }
 
@@ -191,13 +224,15 @@ impl Interpreter {
         for (prefix, namer) in &mounts {
             namers.mount(prefix.clone(), namer.clone())?;
         }
+        let mut metrics = InterpreterMetrics::default();
+        metrics.namers.mounts = Arc::new(mounts.clone());
         let inner = Inner {
             dtabs,
             namers,
             mounts,
             dns,
             options,
-            metrics: InterpreterMetrics::default(),
+            metrics,
             bindings: Mutex::default(),
             address_sets: Mutex::default(),
             heavy: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()).max(2)),
@@ -205,18 +240,19 @@ impl Interpreter {
         Ok(Interpreter { inner: Arc::new(inner) })
     }
 
-    /// Starts the configured namers and builds an interpreter over them.
-    pub async fn from_config(
+    /// Starts the configured namers, of whatever kinds the caller composes, and builds an
+    /// interpreter over them.
+    pub async fn from_config<K: NamerKind>(
         dtabs: Arc<dyn DtabSource>,
-        namers: &[NamerConfig],
+        namers: &[K],
         options: InterpreterOptions,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, FromConfigError> {
         let dns = Dns::from_system();
         let mut mounts = Vec::with_capacity(namers.len());
         for config in namers {
-            mounts.push((config.mount()?, config.build(&dns).await?));
+            mounts.push((config.mount()?, config.start(&dns).await?));
         }
-        Interpreter::new(dtabs, mounts, dns, options).map_err(|e| e.to_string())
+        Ok(Interpreter::new(dtabs, mounts, dns, options)?)
     }
 
     /// The interpreter's metrics.
@@ -371,6 +407,16 @@ impl Interpreter {
         paths.into_iter().collect()
     }
 
+    /// Why each configured namer that cannot read its source now cannot, as
+    /// `<mount>: <problem>`; empty when all can. Such a namer serves its last good state.
+    pub fn namer_problems(&self) -> Vec<String> {
+        self.inner
+            .mounts
+            .iter()
+            .filter_map(|(mount, namer)| namer.health().problem.map(|problem| format!("namer {mount}: {problem}")))
+            .collect()
+    }
+
     /// The number of bindings and address sets kept current.
     pub fn active_counts(&self) -> (usize, usize) {
         (lock(&self.inner.bindings).entries.len(), lock(&self.inner.address_sets).len())
@@ -390,6 +436,40 @@ impl Resolver for NamespaceResolver {
 
     fn resolve(&self, id: &Path) -> watch::Receiver<Addr> {
         self.interpreter.resolve(id)
+    }
+}
+
+impl std::fmt::Debug for NamerHealthCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.mounts.iter().map(|(mount, _)| mount)).finish()
+    }
+}
+
+impl Collector for NamerHealthCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let labels = |mount: &Path| [("namer", mount.to_string())];
+        let healths: Vec<(&Path, NamerHealth)> = self.mounts.iter().map(|(m, n)| (m, n.health())).collect();
+        {
+            let mut family = encoder.encode_descriptor(
+                "namer_available",
+                "1 while a namer can read its source; 0 while it cannot and serves its last good state",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (mount, health) in &healths {
+                ConstGauge::new(i64::from(health.problem.is_none())).encode(family.encode_family(&labels(mount))?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "namer_read_failures",
+            "Reads of a namer's source that failed (in part or whole)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (mount, health) in &healths {
+            ConstCounter::new(health.read_failures).encode(family.encode_family(&labels(mount))?)?;
+        }
+        Ok(())
     }
 }
 
@@ -455,14 +535,9 @@ async fn any_changed(changes: &mut Vec<watch::Receiver<u64>>) {
 }
 
 impl Inner {
-    /// Binds `path` through `dtab` once; also returns the namers whose changes could alter
-    /// the result.
-    fn bind_once(
-        &self,
-        dtab: &Dtab,
-        path: &Path,
-        alternatives: Alternatives,
-    ) -> (BindState, Vec<Arc<dyn ServiceNamer>>) {
+    /// Binds `path` through `dtab` once; also returns the namer lookups it made, whose
+    /// changes could alter the result.
+    fn bind_once(&self, dtab: &Dtab, path: &Path, alternatives: Alternatives) -> (BindState, Vec<Consulted>) {
         let started = Instant::now();
         let binding = waymark_dtab::bind_path(
             dtab,
@@ -477,9 +552,15 @@ impl Inner {
             BindOutcome::Pending => BindState::Pending,
             BindOutcome::Failed(e) => BindState::Failed(e.to_string().into()),
         };
-        let used: BTreeSet<&Path> = binding.lookups.iter().map(|l| &l.mount).collect();
-        let namers = self.mounts.iter().filter(|(m, _)| used.contains(m)).map(|(_, n)| n.clone()).collect();
-        (state, namers)
+        let consulted = binding
+            .lookups
+            .into_iter()
+            .filter_map(|lookup| {
+                let (mount, namer) = self.mounts.iter().find(|(m, _)| *m == lookup.mount)?;
+                Some(Consulted { mount: mount.clone(), namer: namer.clone(), path: lookup.path })
+            })
+            .collect();
+        (state, consulted)
     }
 
     /// Binds on a blocking thread when the work may be large: the dtab holds a client's
@@ -489,20 +570,20 @@ impl Inner {
         dtab: Dtab,
         key: &BindKey,
         last_took: Duration,
-    ) -> (BindState, Vec<Arc<dyn ServiceNamer>>, Duration) {
+    ) -> (BindState, Vec<Consulted>, Duration) {
         const LARGE_DTAB: usize = 64;
         const SLOW_BIND: Duration = Duration::from_millis(1);
         let started = Instant::now();
         if key.local.is_empty() && dtab.len() <= LARGE_DTAB && last_took < SLOW_BIND {
-            let (state, namers) = self.bind_once(&dtab, &key.path, key.alternatives);
-            return (state, namers, started.elapsed());
+            let (state, consulted) = self.bind_once(&dtab, &key.path, key.alternatives);
+            return (state, consulted, started.elapsed());
         }
         let _permit = self.heavy.acquire().await;
         let (inner, path, alternatives) = (self.clone(), key.path.clone(), key.alternatives);
-        let (state, namers) = tokio::task::spawn_blocking(move || inner.bind_once(&dtab, &path, alternatives))
+        let (state, consulted) = tokio::task::spawn_blocking(move || inner.bind_once(&dtab, &path, alternatives))
             .await
             .unwrap_or_else(|e| (BindState::Failed(format!("binding failed: {e}").into()), Vec::new()));
-        (state, namers, started.elapsed())
+        (state, consulted, started.elapsed())
     }
 
     /// Makes room for a new override binding of `bytes`, dropping idle override bindings if
@@ -609,19 +690,40 @@ async fn rebind_on_change(inner: &Arc<Inner>, key: &BindKey, tx: &watch::Sender<
     let mut dtab_open = true;
     let mut last_took = Duration::ZERO;
     loop {
+        // Every namer's changes are watched from before binding: a lookup answers from the
+        // state at that moment, and the per-lookup watches below begin only after it.
+        let before: Vec<(Path, watch::Receiver<u64>)> = inner
+            .mounts
+            .iter()
+            .map(|(mount, namer)| {
+                let mut rx = namer.changes();
+                rx.mark_unchanged();
+                (mount.clone(), rx)
+            })
+            .collect();
         let base = dtab.borrow_and_update().clone().unwrap_or_default();
-        let (state, namers, took) = inner.bind_off_thread_if_large(base.concat(&key.local), key, last_took).await;
+        let (state, consulted, took) = inner.bind_off_thread_if_large(base.concat(&key.local), key, last_took).await;
         last_took = took;
-        // Subscribe before publishing, so that a namer change racing with this binding is
-        // not missed.
-        let mut changes: Vec<watch::Receiver<u64>> = namers.iter().map(|n| n.changes()).collect();
-        changes.iter_mut().for_each(|c| {
-            c.mark_unchanged();
-        });
+        // From now on, follow exactly the lookups this binding made.
+        let mut changes: Vec<watch::Receiver<u64>> = consulted
+            .iter()
+            .map(|c| {
+                let mut rx = c.namer.lookup_changes(&c.path);
+                rx.mark_unchanged();
+                rx
+            })
+            .collect();
+        let raced = before
+            .iter()
+            .any(|(mount, rx)| consulted.iter().any(|c| c.mount == *mount) && rx.has_changed().unwrap_or(false));
         if let BindState::Failed(e) = &state {
             debug!(error = %e, "binding failed");
         }
         publish(tx, state);
+        if raced {
+            // A namer this binding consulted changed while it was binding: bind again now.
+            continue;
+        }
         let dtab_changed = if dtab_open { Either::Left(dtab.changed()) } else { Either::Right(future::pending()) };
         tokio::select! {
             changed = dtab_changed => dtab_open = changed.is_ok(),
@@ -669,7 +771,7 @@ async fn resolve_on_change(inner: &Inner, id: &Path, tx: &watch::Sender<Addr>) {
     if let Some((mount, namer)) = inner.mount_for(id) {
         let relative = id.drop(mount.len());
         loop {
-            let mut changes = namer.changes();
+            let mut changes = namer.lookup_changes(&relative);
             changes.mark_unchanged();
             match concrete(id, namer.lookup(&relative)) {
                 Concrete::Addr(addr) => {

@@ -12,4 +12,4 @@ pub mod watch;
 
 pub use client::{ClientError, ClientOptions, ConfigSource, KubeEnv};
 pub use dtab::{DTab, DTabDentry};
-pub use watch::{ObjectKey, ObjectSet, WatchError, wait_ready, watch_objects};
+pub use watch::{ObjectKey, ObjectSet, WatchError, wait_ready, watch_mapped, watch_objects};

@@ -84,3 +84,36 @@ async fn the_api_server_accepts_the_manifest_and_serves_dtabs_through_it() -> an
     }
     Ok(())
 }
+
+#[test]
+fn kubectl_applies_the_manifest_and_a_namerd_dtab() {
+    let fake = FakeApiServer::start().expect("a fake API server");
+    let kubectl = |args: &[&str], stdin: Option<&str>| {
+        let mut child = fake
+            .kubectl()
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running kubectl");
+        if let Some(input) = stdin {
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let manifest = manifest_path().display().to_string();
+    kubectl(&["apply", "-f", &manifest], None);
+    kubectl(&["wait", "--for", "condition=established", "--timeout=30s", "crd/dtabs.l5d.io"], None);
+    // namerd's own example object.
+    let dtab = "apiVersion: l5d.io/v1alpha1\nkind: DTab\nmetadata:\n  name: internal\n  namespace: default\ndentries:\n- {prefix: /srv, dst: /#/io.l5d.k8s/default/http}\n- {prefix: /svc, dst: /srv}\n";
+    assert!(kubectl(&["apply", "-f", "-"], Some(dtab)).contains("dtab.l5d.io/internal created"));
+    let stored = fake.get("l5d.io/v1alpha1", "DTab", Some("default"), "internal").expect("the DTab");
+    let object: DTab = serde_json::from_value(stored).unwrap();
+    assert_eq!(object.to_dtab().unwrap().to_string(), "/srv=>/#/io.l5d.k8s/default/http;/svc=>/srv");
+    let listed = kubectl(&["get", "dtabs", "-o", "name"], None);
+    assert_eq!(listed.trim(), "dtab.l5d.io/internal");
+}

@@ -12,10 +12,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use waymark_admin::LogFormat;
+use waymark_interpreter::InterpreterOptions;
 use waymark_interpreter::namers::validate_all;
-use waymark_interpreter::{InterpreterOptions, NamerConfig as NamerKind};
 use waymark_store::StoreConfig;
 use waymark_tls::ServerTls;
+
+use crate::namers::NamerKindConfig;
+use crate::serve::ConnectionLimits;
 
 /// The whole namer configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -26,7 +29,7 @@ pub struct NamerConfig {
     pub storage: StoreConfig,
     /// Service discovery namers, mounted under `/#/<prefix>`, consulted in order.
     #[serde(default)]
-    pub namers: Vec<NamerKind>,
+    pub namers: Vec<NamerKindConfig>,
     /// The APIs served: the namerd HTTP API and the `io.l5d.mesh` gRPC API.
     #[serde(default = "default_interfaces")]
     pub interfaces: Vec<InterfaceConfig>,
@@ -58,6 +61,9 @@ pub enum InterfaceConfig {
         /// clients with a certificate from those CAs may use the API, and so change routing.
         #[serde(default)]
         tls: Option<ServerTls>,
+        /// Connection limits: timeouts and the most connections held at once.
+        #[serde(default)]
+        limits: ConnectionLimits,
     },
     /// Linkerd 1's `io.l5d.mesh` gRPC API, default 127.0.0.1:4321.
     #[serde(rename = "io.l5d.mesh")]
@@ -71,6 +77,9 @@ pub enum InterfaceConfig {
         /// Serve gRPC over TLS (ALPN `h2`), optionally requiring client certificates.
         #[serde(default)]
         tls: Option<ServerTls>,
+        /// Connection limits: timeouts and the most connections held at once.
+        #[serde(default)]
+        limits: ConnectionLimits,
     },
 }
 
@@ -87,6 +96,9 @@ pub struct AdminConfig {
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// Connection limits: timeouts and the most connections held at once (default 64).
+    #[serde(default)]
+    pub limits: ConnectionLimits,
 }
 
 /// Binding behaviour.
@@ -156,8 +168,8 @@ fn default_storage() -> StoreConfig {
 
 fn default_interfaces() -> Vec<InterfaceConfig> {
     vec![
-        InterfaceConfig::Http { ip: loopback(), port: http_port(), tls: None },
-        InterfaceConfig::Mesh { ip: loopback(), port: mesh_port(), tls: None },
+        InterfaceConfig::Http { ip: loopback(), port: http_port(), tls: None, limits: ConnectionLimits::default() },
+        InterfaceConfig::Mesh { ip: loopback(), port: mesh_port(), tls: None, limits: ConnectionLimits::default() },
     ]
 }
 
@@ -228,7 +240,12 @@ impl Default for NamerConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { ip: loopback(), port: admin_port(), shutdown_grace_ms: default_shutdown_grace_ms() }
+        AdminConfig {
+            ip: loopback(),
+            port: admin_port(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
+            limits: ConnectionLimits::default(),
+        }
     }
 }
 
@@ -266,6 +283,13 @@ impl InterfaceConfig {
     pub fn tls(&self) -> Option<&ServerTls> {
         match self {
             InterfaceConfig::Http { tls, .. } | InterfaceConfig::Mesh { tls, .. } => tls.as_ref(),
+        }
+    }
+
+    /// The interface's connection limits.
+    pub fn limits(&self) -> &ConnectionLimits {
+        match self {
+            InterfaceConfig::Http { limits, .. } | InterfaceConfig::Mesh { limits, .. } => limits,
         }
     }
 }
@@ -372,6 +396,11 @@ impl NamerConfig {
             .extend(validate_all(&self.namers, "namers").into_iter().map(|p| Problem { at: p.at, message: p.message }));
         if self.interfaces.is_empty() {
             problems.push(Problem { at: "interfaces".into(), message: "at least one interface is needed".into() });
+        }
+        let limits = std::iter::once(("admin.limits".to_string(), &self.admin.limits))
+            .chain(self.interfaces.iter().enumerate().map(|(i, c)| (format!("interfaces[{i}].limits"), c.limits())));
+        for (at, limits) in limits {
+            problems.extend(limits.problems(&at).into_iter().map(|(at, message)| Problem { at, message }));
         }
         let mut ports = vec![("admin".to_string(), self.admin.addr())];
         ports.extend(self.interfaces.iter().enumerate().map(|(i, c)| (format!("interfaces[{i}]"), c.addr())));

@@ -11,6 +11,8 @@ pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod namers;
+pub mod serve;
 pub mod source;
 
 pub use app::NamerApp;

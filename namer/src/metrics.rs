@@ -75,3 +75,79 @@ impl Drop for OpenStream {
         self.gauge.dec();
     }
 }
+
+/// Connections of each server (`http`, `grpc`, `admin`): open, accepted, closed by a timeout,
+/// refused while the connection limit was reached, and accept errors.
+#[derive(Debug, Clone, Default)]
+pub struct ServerMetrics {
+    open: Family<ServerLabels, Gauge>,
+    accepted: Family<ServerLabels, Counter>,
+    limit_reached: Family<ServerLabels, Counter>,
+    evicted: Family<ServerLabels, Counter>,
+    timeouts: Family<ReasonLabels, Counter>,
+    accept_errors: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    server: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    server: &'static str,
+    reason: &'static str,
+}
+
+impl ServerMetrics {
+    /// Registers the metrics in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("open_connections", "Connections open now, by server", self.open.clone());
+        registry.register("connections", "Connections accepted, by server", self.accepted.clone());
+        registry.register(
+            "connection_limit_reached",
+            "Times a server reached its connection limit and left new connections waiting",
+            self.limit_reached.clone(),
+        );
+        registry.register(
+            "connections_evicted",
+            "Connections without a request in progress closed to make room for a new one at the limit",
+            self.evicted.clone(),
+        );
+        registry.register(
+            "connection_timeouts",
+            "Connections closed for a timeout, by server and reason (header_read, idle)",
+            self.timeouts.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failures to accept a connection, by server and reason (out_of_file_descriptors, other)",
+            self.accept_errors.clone(),
+        );
+    }
+
+    pub(crate) fn opened(&self, server: &'static str) {
+        self.accepted.get_or_create(&ServerLabels { server }).inc();
+        self.open.get_or_create(&ServerLabels { server }).inc();
+    }
+
+    pub(crate) fn closed(&self, server: &'static str) {
+        self.open.get_or_create(&ServerLabels { server }).dec();
+    }
+
+    pub(crate) fn limit_reached(&self, server: &'static str) {
+        self.limit_reached.get_or_create(&ServerLabels { server }).inc();
+    }
+
+    pub(crate) fn evicted(&self, server: &'static str) {
+        self.evicted.get_or_create(&ServerLabels { server }).inc();
+    }
+
+    pub(crate) fn timed_out(&self, server: &'static str, reason: &'static str) {
+        self.timeouts.get_or_create(&ReasonLabels { server, reason }).inc();
+    }
+
+    pub(crate) fn accept_error(&self, server: &'static str, reason: &'static str) {
+        self.accept_errors.get_or_create(&ReasonLabels { server, reason }).inc();
+    }
+}

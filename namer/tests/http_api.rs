@@ -85,7 +85,7 @@ async fn dtabs_are_created_read_versioned_and_deleted() {
     let messy = "# comment\n/svc => 3 * /a & 1.0*/b | ( /c ) ;";
     let updated = c
         .put(namer.url("/api/1/dtabs/default"))
-        .header("content-type", "text/plain")
+        .header("content-type", "application/dtab; charset=utf-8")
         .header("if-match", format!("\"{first}\""))
         .body(messy)
         .send()

@@ -71,10 +71,25 @@ pub fn run(args: RouterArgs) -> Result<(), String> {
     };
     let runtime = runtime.enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let app = waymark_router::App::build(config).await.map_err(|e| e.to_string())?;
+        let app = waymark_router::App::build(config).await.map_err(|e| with_causes(&e))?;
         let app = app.with_log_control(Arc::new(RouterLog(log)));
         app.run(shutdown_signal()).await.map_err(|e| e.to_string())
     })
+}
+
+/// `error` and every cause under it that its message does not already say, as `a: b: c`.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -57,6 +57,9 @@ pub enum AppError {
     /// The binding source could not be set up.
     #[error("could not set up naming: {0}")]
     Naming(String),
+    /// A standalone router's namers could not start.
+    #[error("could not start the namers")]
+    Namers(#[from] waymark_interpreter::FromConfigError),
     /// A listener's TLS could not be set up.
     #[error("listener {listener}: {source}")]
     Tls {
@@ -101,7 +104,7 @@ impl App {
         let naming = match &config.interpreter {
             InterpreterConfig::Standalone { dtab, namers } => {
                 let dtab: Dtab = dtab.parse().map_err(|e| AppError::Naming(format!("dtab: {e}")))?;
-                Naming::standalone(dtab, namers).await.map_err(AppError::Naming)?
+                Naming::standalone(dtab, namers).await?
             }
             InterpreterConfig::Mesh { dst, namespace, retry_base_ms, retry_max_ms, tls } => MeshClient::new(
                 dst,

@@ -45,7 +45,9 @@ use crate::hub::WatchHub;
 use crate::memory::DEFAULT_HISTORY_LIMIT;
 use crate::metrics::ParseFailureMetrics;
 use crate::namespace::Namespace;
-use crate::store::{ChangeMeta, DtabStore, HistoryEntry, StoreHealth, Version, VersionedDtab};
+use crate::store::{
+    ChangeMeta, DtabStore, HistoryEntry, HistoryPage, HistorySlice, StoreHealth, Version, VersionedDtab,
+};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "/waymark/dtabs/";
@@ -355,6 +357,57 @@ impl DtabStore for EtcdStore {
             }
         }
         Ok(entries)
+    }
+
+    /// Lists the page's keys first, then fetches their values a few at a time until the page
+    /// is full, so that a page costs what is on it.
+    async fn history_page(&self, ns: &Namespace, page: &HistoryPage) -> Result<HistorySlice, StoreError> {
+        let s = &self.shared;
+        let mut kv = s.client()?.kv_client();
+        let wanted = page.offset.saturating_add(page.limit).saturating_add(1).min(s.history_limit);
+        let keys = GetOptions::new()
+            .with_prefix()
+            .with_keys_only()
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_limit(i64::try_from(wanted).unwrap_or(i64::MAX));
+        let listed = s.call(kv.get(s.history_prefix(ns).as_bytes(), Some(keys))).await?;
+        if listed.kvs().is_empty() {
+            let exists = s.call(kv.get(s.key(ns).as_bytes(), Some(GetOptions::new().with_count_only()))).await?;
+            if exists.count() == 0 && page.offset == 0 {
+                return Err(StoreError::NotFound(ns.clone()));
+            }
+        }
+        let keys: Vec<Vec<u8>> = listed.kvs().iter().skip(page.offset).map(|kv| kv.key().to_vec()).collect();
+        let (mut entries, mut bytes) = (Vec::new(), 0usize);
+        for batch in keys.chunks(HISTORY_PAGE_BATCH) {
+            let gets: Vec<TxnOp> = batch.iter().map(|key| TxnOp::get(key.clone(), None)).collect();
+            let response = s.call(kv.txn(Txn::new().and_then(gets))).await?;
+            for op in response.op_responses() {
+                let TxnOpResponse::Get(get) = op else { continue };
+                for kv in get.kvs() {
+                    let record = match HistoryRecord::from_json(kv.value()) {
+                        Ok(record) => record,
+                        Err(error) => {
+                            warn!(key = %String::from_utf8_lossy(kv.key()), %error, "skipping a history record that does not parse");
+                            continue;
+                        }
+                    };
+                    let size = record.dtab.as_ref().map_or(0, String::len);
+                    if entries.len() >= page.limit || (!entries.is_empty() && bytes + size > page.max_bytes) {
+                        return Ok(HistorySlice { entries, more: true });
+                    }
+                    match record.into_entry(Some(revision_version(kv.create_revision()))) {
+                        Ok(entry) => {
+                            bytes += size;
+                            entries.push(entry);
+                        }
+                        Err(error) => warn!(%error, "skipping a history record that does not parse"),
+                    }
+                }
+            }
+        }
+        let more = listed.kvs().len() > page.offset + entries.len() && entries.len() >= page.limit;
+        Ok(HistorySlice { entries, more })
     }
 
     fn watch(&self, ns: &Namespace) -> watch::Receiver<Option<VersionedDtab>> {
@@ -770,6 +823,9 @@ fn not_written(ns: &Namespace, response: &TxnResponse) -> StoreError {
     let exists = response.op_responses().iter().any(|r| matches!(r, TxnOpResponse::Get(g) if g.count() > 0));
     if exists { StoreError::Conflict } else { StoreError::NotFound(ns.clone()) }
 }
+
+/// How many history values one round trip of a history page fetches.
+const HISTORY_PAGE_BATCH: usize = 8;
 
 fn revision_version(revision: i64) -> Version {
     Version::from_bytes(revision.to_string())

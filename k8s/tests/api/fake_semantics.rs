@@ -609,3 +609,76 @@ async fn finalizers_hold_deletion_until_removed() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn watches_get_bookmarks_and_end_at_their_timeout() {
+    let fake = FakeApiServer::builder().bookmark_interval(std::time::Duration::from_millis(100)).start().unwrap();
+    let maps: Api<ConfigMap> = Api::namespaced(client(&fake), "default");
+    let rv = maps.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    maps.create(&PostParams::default(), &config_map("x", json!({}), json!({}))).await.unwrap();
+
+    let collect = |params: WatchParams| {
+        let maps = maps.clone();
+        let rv = rv.clone();
+        async move {
+            let mut events = maps.watch(&params, &rv).await.unwrap().boxed();
+            let (mut added, mut bookmarks) = (Vec::new(), Vec::new());
+            // The stream ends on its own at `timeoutSeconds`.
+            let ended = tokio::time::timeout(DEADLINE, async {
+                while let Some(event) = events.try_next().await.unwrap() {
+                    match event {
+                        WatchEvent::Added(o) => added.push(o.name_any()),
+                        WatchEvent::Bookmark(b) => bookmarks.push(b.metadata.resource_version),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            })
+            .await;
+            assert!(ended.is_ok(), "the watch ended at its timeout");
+            (added, bookmarks)
+        }
+    };
+    let (added, bookmarks) = collect(WatchParams::default().timeout(1)).await;
+    assert_eq!(added, ["x"]);
+    assert!(!bookmarks.is_empty());
+    assert!(bookmarks.iter().all(|b| *b == fake.resource_version().to_string()), "{bookmarks:?}");
+    let (added, bookmarks) = collect(WatchParams::default().timeout(1).disable_bookmarks()).await;
+    assert_eq!(added, ["x"]);
+    assert!(bookmarks.is_empty(), "bookmarks only when asked for");
+}
+
+#[tokio::test]
+async fn deleting_an_owner_or_a_namespace_deletes_what_depends_on_it() {
+    let client = client(FakeApiServer::shared());
+    let ns = namespace(&client, "cascade").await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let owner = maps.create(&PostParams::default(), &config_map("owner", json!({}), json!({}))).await.unwrap();
+    let mut dependent = config_map("dependent", json!({}), json!({}));
+    dependent.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: "owner".into(),
+        uid: owner.uid().unwrap(),
+        ..Default::default()
+    }]);
+    maps.create(&PostParams::default(), &dependent).await.unwrap();
+    maps.create(&PostParams::default(), &config_map("bystander", json!({}), json!({}))).await.unwrap();
+    maps.delete("owner", &DeleteParams::default()).await.unwrap();
+    eventually("the dependent to go with its owner", || {
+        let maps = maps.clone();
+        async move { maps.get_opt("dependent").await.unwrap().is_none().then_some(()) }
+    })
+    .await;
+    assert!(maps.get_opt("bystander").await.unwrap().is_some());
+
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let terminating = namespaces.delete(&ns, &DeleteParams::default()).await.unwrap().left().expect("the namespace");
+    assert_eq!(terminating.status.and_then(|s| s.phase).as_deref(), Some("Terminating"));
+    eventually("the namespace to go", || {
+        let namespaces = namespaces.clone();
+        let ns = ns.clone();
+        async move { namespaces.get_opt(&ns).await.unwrap().is_none().then_some(()) }
+    })
+    .await;
+    assert!(maps.list(&ListParams::default()).await.unwrap().items.is_empty(), "its contents went with it");
+}

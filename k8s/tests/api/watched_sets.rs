@@ -161,6 +161,25 @@ async fn an_unreachable_api_server_keeps_the_last_state_and_a_restart_catches_up
 }
 
 #[tokio::test]
+async fn a_failure_clears_when_the_watch_opens_again_even_if_nothing_changed() {
+    let fake = FakeApiServer::start().unwrap();
+    let client = client(&fake);
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    maps.create(&PostParams::default(), &config_map("a", "1")).await.unwrap();
+    let mut rx = watch_objects(maps.clone(), watcher::Config::default());
+    wait_ready(&mut rx).await.unwrap();
+
+    fake.fail_next_matching(2, 500, RequestFilter::watches());
+    fake.close_watches();
+    until(&mut rx, "the failure to show", |set| set.error.is_some()).await;
+    assert!(rx.borrow().failures >= 1);
+    // No object changes: only the watch opening again can clear the failure.
+    until(&mut rx, "the failure to clear", |set| set.error.is_none()).await;
+    assert_eq!(contents(&rx.borrow()), BTreeSet::from(["a=1".to_string()]));
+    assert!(fake.open_watches(&RequestFilter::watches()) >= 1);
+}
+
+#[tokio::test]
 async fn streaming_lists_work_and_the_watch_ends_with_its_receivers() {
     let fake = FakeApiServer::shared();
     let client = client(fake);

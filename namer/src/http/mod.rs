@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -41,7 +41,12 @@ pub struct HttpApi {
     pub(crate) request_timeout: Duration,
     /// The delegation output limit; rendered JSON with addresses may take four times this.
     pub(crate) max_delegation_bytes: usize,
+    /// History pages read at once.
+    pub(crate) history_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many history pages are read at once; others wait, within the request timeout.
+pub(crate) const HISTORY_PAGES_AT_ONCE: usize = 4;
 
 impl std::fmt::Debug for HttpApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -56,6 +61,8 @@ pub(crate) enum ApiError {
     BadRequest(String),
     /// 404, with an empty body (as namerd).
     NotFound,
+    /// 403: a write a web page could have sent; with why.
+    Forbidden(String),
     /// 409: the namespace exists.
     Conflict,
     /// 412: the version given is not current, or cannot be one; with why.
@@ -68,6 +75,8 @@ pub(crate) enum ApiError {
     Internal(String),
     /// 503: the store is unreachable, or no answer arrived in time.
     Unavailable(String),
+    /// 507: the write would pass one of the store's limits.
+    InsufficientStorage(String),
 }
 
 impl IntoResponse for ApiError {
@@ -80,11 +89,13 @@ impl IntoResponse for ApiError {
             }
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::NotFound => (StatusCode::NOT_FOUND, String::new()),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::Conflict => (StatusCode::CONFLICT, String::new()),
             ApiError::PreconditionFailed(m) => (StatusCode::PRECONDITION_FAILED, m),
             ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, m),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            ApiError::InsufficientStorage(m) => (StatusCode::INSUFFICIENT_STORAGE, m),
         };
         if body.is_empty() {
             return status.into_response();
@@ -105,6 +116,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Invalid(m) => ApiError::BadRequest(m),
             StoreError::Unavailable(m) => ApiError::Unavailable(format!("store unavailable: {m}")),
+            StoreError::LimitReached(m) => ApiError::InsufficientStorage(format!("store limit reached: {m}")),
         }
     }
 }
@@ -162,6 +174,53 @@ async fn count_requests(State(api): State<HttpApi>, request: Request, next: Next
     let response = next.run(request).await;
     api.metrics.http_request(name, response.status().as_u16());
     response
+}
+
+/// Refuses a write that a web page could have sent: a page an operator opens can make the
+/// browser send a "simple" request (a form's content types) to any address without asking,
+/// and would change routing. So writes may not carry a simple content type, nor come from a
+/// web page of another origin (`Origin`, `Sec-Fetch-Site`). `waymark dtab`, namerctl and
+/// scripts send `application/dtab` or `application/json` and no `Origin`.
+pub(crate) fn refuse_browser_write(headers: &HeaderMap, authority: Option<&str>) -> Result<(), ApiError> {
+    const SIMPLE: [&str; 3] = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"];
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if SIMPLE.contains(&media_type.as_str()) {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "writes with Content-Type {media_type} are refused: any web page can make a browser send that \
+             to this API; send the dtab as application/dtab or application/json"
+        )));
+    }
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if matches!(site, "cross-site" | "same-site") {
+        return Err(ApiError::Forbidden(format!(
+            "writes from a web page of another site (Sec-Fetch-Site: {site}) are refused; \
+             change dtabs with waymark dtab, namerctl or a script"
+        )));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("null");
+        if !same_origin(origin, authority) {
+            return Err(ApiError::Forbidden(format!(
+                "writes from a web page at {} are refused; change dtabs with waymark dtab, namerctl or a script",
+                dtabs::quoted(origin)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names the server the request was sent to.
+fn same_origin(origin: &str, authority: Option<&str>) -> bool {
+    let Some(authority) = authority else { return false };
+    let Some((scheme, host)) = origin.split_once("://") else { return false };
+    let default_port = match scheme {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return false,
+    };
+    let normal = |a: &str| a.strip_suffix(default_port).unwrap_or(a).to_ascii_lowercase();
+    normal(host) == normal(authority)
 }
 
 /// True for namerd's truthy `watch` values: `true`, `1`, `t`, any case.

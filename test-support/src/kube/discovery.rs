@@ -2,9 +2,10 @@
 //! documents kubectl reads (`/openapi/v3` and its group-version documents, `/openapi/v2`).
 //!
 //! The OpenAPI documents describe paths and their parameters, not object schemas: each PATCH
-//! operation declares `fieldValidation`, so kubectl leaves validation to the server, and its
-//! request body has no schema reference, so kubectl computes strategic merge patches from its
-//! compiled-in types.
+//! operation declares `fieldValidation` and `dryRun`, so kubectl leaves validation to the
+//! server and allows server-side dry runs, and its request body has no schema reference, so
+//! kubectl computes strategic merge patches from its compiled-in types. kubectl before 1.28
+//! reads the v2 document in protobuf (see `protobuf::openapi_v2_document`).
 
 use std::hash::{Hash, Hasher};
 
@@ -81,6 +82,16 @@ fn v3_path(group: &str, version: &str) -> String {
     if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
 }
 
+/// The path template of one object of a type, as OpenAPI documents name it.
+fn item_path(kind: &Kind, group: &str, version: &str) -> String {
+    let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+    if kind.namespaced {
+        format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", kind.plural)
+    } else {
+        format!("{prefix}/{}/{{name}}", kind.plural)
+    }
+}
+
 /// `/openapi/v3`: one entry per group-version, with a hash of its document.
 pub(crate) fn openapi_v3_root(registry: &Registry) -> Value {
     let mut paths = Map::new();
@@ -108,12 +119,7 @@ pub(crate) fn openapi_v3_document(registry: &Registry, group: &str, version: &st
     }
     let mut paths = Map::new();
     for kind in kinds.iter().filter(|k| !k.is_review()) {
-        let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
-        let item = if kind.namespaced {
-            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", kind.plural)
-        } else {
-            format!("{prefix}/{}/{{name}}", kind.plural)
-        };
+        let item = item_path(kind, group, version);
         paths.insert(item.clone(), json!({"patch": patch_operation(kind, group, version, false)}));
         if kind.has_status(version) {
             paths.insert(format!("{item}/status"), json!({"patch": patch_operation(kind, group, version, true)}));
@@ -154,6 +160,24 @@ fn patch_operation(kind: &Kind, group: &str, version: &str, status: bool) -> Val
         "x-kubernetes-action": "patch",
         "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": kind.kind},
     })
+}
+
+/// The item path of every stored type's PATCH operation, for the OpenAPI v2 document.
+pub(crate) fn patch_paths(registry: &Registry) -> Vec<super::protobuf::PatchPath> {
+    let mut out = Vec::new();
+    for (group, versions) in registry.groups() {
+        for version in versions {
+            for kind in registry.in_group_version(&group, &version).into_iter().filter(|k| !k.is_review()) {
+                out.push(super::protobuf::PatchPath {
+                    path: item_path(kind, &group, &version),
+                    group: group.clone(),
+                    version: version.clone(),
+                    kind: kind.kind.clone(),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// `/openapi/v2`, in JSON: paths only, like the v3 documents.

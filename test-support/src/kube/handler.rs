@@ -16,7 +16,6 @@ use percent_encoding::percent_decode_str;
 use serde_json::{Value, json};
 
 use super::auth::{Attributes, User};
-use super::discovery;
 use super::kinds::Kind;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult, FieldError};
@@ -25,6 +24,7 @@ use super::store::{
 };
 use super::watch::{self, WatchSpec, WatchStart};
 use super::{LoggedRequest, RequestFilter, Shared};
+use super::{discovery, protobuf};
 
 /// The largest request body accepted, as the API server's default.
 const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -183,6 +183,16 @@ fn negotiate(headers: &HeaderMap) -> ApiResult<Format> {
     if yaml { Ok(Format::Yaml) } else { Err(ApiError::not_acceptable(accept)) }
 }
 
+/// Whether the `Accept` header lists this media type.
+fn accepts(headers: &HeaderMap, media: &str) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|part| part.trim().split(';').next().is_some_and(|m| m.trim() == media))
+}
+
 fn respond(code: u16, value: &Value, format: Format, warnings: &[String]) -> Response<Body> {
     let (bytes, content_type) = match format {
         Format::Json => (serde_json::to_vec(value).expect("JSON values serialise"), "application/json"),
@@ -246,7 +256,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, request: http::Request<Incoming>
             match body {
                 Ok(body) => {
                     let request =
-                        Incoming_ { method: &method, query: &query, headers: &headers, body, user, info: &info };
+                        ApiRequest { method: &method, query: &query, headers: &headers, body, user, info: &info };
                     dispatch(&shared, route, request).await
                 }
                 Err(e) => Err(e),
@@ -271,7 +281,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, request: http::Request<Incoming>
 }
 
 /// The parts of a request the operations read.
-struct Incoming_<'a> {
+struct ApiRequest<'a> {
     method: &'a Method,
     query: &'a Query,
     headers: &'a HeaderMap,
@@ -280,7 +290,7 @@ struct Incoming_<'a> {
     info: &'a RequestInfo,
 }
 
-impl Incoming_<'_> {
+impl ApiRequest<'_> {
     fn content_type(&self) -> &str {
         self.headers
             .get(header::CONTENT_TYPE)
@@ -289,13 +299,21 @@ impl Incoming_<'_> {
             .unwrap_or("application/json")
     }
 
-    /// The body of a create or update: JSON, or YAML (which includes JSON).
-    fn object_body(&self) -> ApiResult<Value> {
+    /// The body of a create or update: JSON, YAML, or for some built-in kinds protobuf.
+    fn object_body(&self, kind: &Kind) -> ApiResult<Value> {
+        let accepted = ["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"];
         match self.content_type() {
             "application/json" | "" => serde_json::from_slice(&self.body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding the body: {e}"))),
             "application/yaml" => yaml(&self.body),
-            _ => Err(ApiError::unsupported_media_type(&["application/json", "application/yaml"])),
+            "application/vnd.kubernetes.protobuf" => match protobuf::decode(&self.body, &kind.group, &kind.kind) {
+                Ok(value) => Ok(value),
+                Err(protobuf::DecodeError::Unsupported(_)) => Err(ApiError::unsupported_media_type(&accepted[..2])),
+                Err(protobuf::DecodeError::Malformed(why)) => {
+                    Err(ApiError::bad_request(format!("error decoding the body: {why}")))
+                }
+            },
+            _ => Err(ApiError::unsupported_media_type(&accepted)),
         }
     }
 
@@ -313,7 +331,22 @@ fn yaml(bytes: &[u8]) -> ApiResult<Value> {
     serde_saphyr::from_str::<Value>(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
 }
 
-async fn dispatch(shared: &Arc<Shared>, route: Option<Route>, request: Incoming_<'_>) -> ApiResult<Response<Body>> {
+async fn dispatch(shared: &Arc<Shared>, route: Option<Route>, request: ApiRequest<'_>) -> ApiResult<Response<Body>> {
+    if route == Some(Route::OpenApiV2)
+        && request.method == Method::GET
+        && accepts(request.headers, protobuf::OPENAPI_V2_MEDIA_TYPE)
+    {
+        let version = discovery::version();
+        let paths = discovery::patch_paths(&shared.state.lock().expect("state lock").registry);
+        let document =
+            protobuf::openapi_v2_document("Kubernetes", version["gitVersion"].as_str().unwrap_or_default(), &paths);
+        return Ok(Response::builder()
+            .status(200)
+            // As kube-openapi answers: the media type itself does not parse as one.
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(full(document))
+            .expect("a valid response"));
+    }
     let format = negotiate(request.headers)?;
     let get_only = |value: Option<Value>| -> ApiResult<Response<Body>> {
         if request.method != Method::GET {
@@ -351,7 +384,7 @@ async fn dispatch(shared: &Arc<Shared>, route: Option<Route>, request: Incoming_
 async fn resource(
     shared: &Arc<Shared>,
     path: ResourcePath,
-    request: Incoming_<'_>,
+    request: ApiRequest<'_>,
     format: Format,
 ) -> ApiResult<Response<Body>> {
     let kind = shared
@@ -432,21 +465,21 @@ async fn resource(
             Ok(watch::respond(shared.clone(), kind, spec, filter_info))
         }
         "create" => {
-            let ctx = write_ctx(shared, &kind, &path, &request, "CreateOptions")?;
-            let body = request.object_body()?;
+            let ctx = write_ctx(&kind, &path, &request, "CreateOptions")?;
+            let body = request.object_body(&kind)?;
             let written = shared.state.lock().expect("state lock").create(&ctx, body)?;
             Ok(respond(written.code, &written.object, format, &written.warnings))
         }
         "update" => {
-            let ctx = write_ctx(shared, &kind, &path, &request, "UpdateOptions")?;
-            let body = request.object_body()?;
+            let ctx = write_ctx(&kind, &path, &request, "UpdateOptions")?;
+            let body = request.object_body(&kind)?;
             let name = path.name.as_deref().unwrap_or_default();
             let written = shared.state.lock().expect("state lock").update(&ctx, name, body, status)?;
             Ok(respond(written.code, &written.object, format, &written.warnings))
         }
         "patch" => patch(shared, &kind, &path, &request, status, format),
         "delete" => {
-            let mut ctx = write_ctx(shared, &kind, &path, &request, "DeleteOptions")?;
+            let mut ctx = write_ctx(&kind, &path, &request, "DeleteOptions")?;
             let options = delete_options(&request)?;
             ctx.dry_run |= options.dry_run;
             let name = path.name.as_deref().unwrap_or_default();
@@ -454,7 +487,7 @@ async fn resource(
             Ok(respond(written.code, &written.object, format, &[]))
         }
         "deletecollection" => {
-            let mut ctx = write_ctx(shared, &kind, &path, &request, "DeleteOptions")?;
+            let mut ctx = write_ctx(&kind, &path, &request, "DeleteOptions")?;
             let options = delete_options(&request)?;
             ctx.dry_run |= options.dry_run;
             let scope = list_scope(&kind, &path, request.query)?;
@@ -469,10 +502,10 @@ fn review(
     shared: &Arc<Shared>,
     kind: &Kind,
     path: &ResourcePath,
-    request: &Incoming_<'_>,
+    request: &ApiRequest<'_>,
     format: Format,
 ) -> ApiResult<Response<Body>> {
-    let mut body = request.object_body()?;
+    let mut body = request.object_body(kind)?;
     if !body.is_object() {
         return Err(ApiError::bad_request("the body must be an object"));
     }
@@ -528,14 +561,7 @@ fn field_validation(query: &Query) -> ApiResult<FieldValidation> {
     }
 }
 
-fn write_ctx(
-    shared: &Arc<Shared>,
-    kind: &Arc<Kind>,
-    path: &ResourcePath,
-    request: &Incoming_<'_>,
-    options: &str,
-) -> ApiResult<WriteCtx> {
-    let _ = shared;
+fn write_ctx(kind: &Arc<Kind>, path: &ResourcePath, request: &ApiRequest<'_>, options: &str) -> ApiResult<WriteCtx> {
     let mut errors = Vec::new();
     let dry_run = match request.query.get("dryRun") {
         None | Some("") => false,
@@ -568,7 +594,7 @@ fn patch(
     shared: &Arc<Shared>,
     kind: &Arc<Kind>,
     path: &ResourcePath,
-    request: &Incoming_<'_>,
+    request: &ApiRequest<'_>,
     status: bool,
     format: Format,
 ) -> ApiResult<Response<Body>> {
@@ -601,7 +627,7 @@ fn patch(
     if !errors.is_empty() {
         return Err(ApiError::invalid_options("PatchOptions", errors));
     }
-    let ctx = write_ctx(shared, kind, path, request, "PatchOptions")?;
+    let ctx = write_ctx(kind, path, request, "PatchOptions")?;
     let body = match patch_type {
         PatchType::Apply => yaml(&request.body)?,
         _ => serde_json::from_slice(&request.body)
@@ -612,7 +638,7 @@ fn patch(
     Ok(respond(written.code, &written.object, format, &written.warnings))
 }
 
-fn delete_options(request: &Incoming_<'_>) -> ApiResult<DeleteOptions> {
+fn delete_options(request: &ApiRequest<'_>) -> ApiResult<DeleteOptions> {
     let mut options = DeleteOptions::default();
     let body: Value = if request.body.is_empty() {
         Value::Null

@@ -11,8 +11,9 @@
 //! ([`FakeApiServer::start`]); that takes milliseconds.
 //!
 //! What it does not do: run controllers (no scheduling, no endpoints from services, no pod
-//! lifecycle; deletion is immediate unless finalizers hold it), admission webhooks, protobuf,
-//! Table output (clients fall back to JSON), or the `pattern`/`format` keywords of CRD schemas.
+//! lifecycle; deletion is immediate unless finalizers hold it), admission webhooks, protobuf
+//! beyond the request bodies kubectl's typed clients send, Table output (clients fall back to
+//! JSON), or the `pattern`/`format` keywords of CRD schemas.
 
 mod apply;
 mod auth;
@@ -21,6 +22,7 @@ mod discovery;
 mod handler;
 mod kinds;
 mod patch;
+mod protobuf;
 mod schema;
 mod selector;
 mod server;

@@ -254,8 +254,9 @@ impl State {
         if rv < self.compacted {
             return Err(Compacted(self.compacted));
         }
-        let skip = self.history.iter().take_while(|c| c.rv <= rv).count();
-        Ok(self.history.iter().skip(skip).cloned().collect())
+        // Every watch looks here on every change: find the start by bisection.
+        let start = self.history.partition_point(|c| c.rv <= rv);
+        Ok(self.history.range(start..).cloned().collect())
     }
 
     /// The object at `key`, now.
@@ -364,13 +365,13 @@ impl State {
                 m.remove("generation");
             }
         }
-        if kind.has_status(&ctx.version) && !ctx.keep_status && kind.kind != "Node" {
-            match object.as_object_mut() {
-                Some(map) => {
-                    map.remove("status");
-                }
-                None => unreachable!("checked to be an object"),
-            }
+        // Status is the controllers' to write, except for a node registering itself.
+        if kind.has_status(&ctx.version)
+            && !ctx.keep_status
+            && kind.kind != "Node"
+            && let Some(map) = object.as_object_mut()
+        {
+            map.remove("status");
         }
         self.apply_defaults(&kind, &mut object);
         let warnings = self.validate(ctx, &mut object, None)?;
@@ -451,6 +452,9 @@ impl State {
                 object["status"] = json!({"phase": "Active"});
             }
             ("", "Pod") if object.get("status").is_none() => object["status"] = json!({"phase": "Pending"}),
+            ("", "Secret") if object.get("type").is_none_or(|t| t.as_str().is_none_or(str::is_empty)) => {
+                object["type"] = json!("Opaque")
+            }
             ("", "Service") => {
                 if !object.get("spec").is_some_and(Value::is_object) {
                     object["spec"] = json!({});
