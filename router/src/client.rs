@@ -127,6 +127,7 @@ pub(crate) enum Wire {
 pub(crate) struct ClientSettings {
     h1: Builder,
     h2: Builder,
+    negotiated: Builder,
     connect_timeout: Duration,
     max_connections: usize,
     tls: Option<Arc<EndpointTls>>,
@@ -289,11 +290,12 @@ impl ClientSettings {
             .pool_max_idle_per_host(config.max_idle_per_endpoint)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
-        let mut h2 = h1.clone();
-        h2.http2_only(true)
-            // Keep long-lived HTTP/2 connections healthy through middleboxes that drop idle flows.
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .http2_keep_alive_timeout(Duration::from_secs(10));
+        // HTTP/2 (by prior knowledge, or on a TLS connection whose ALPN chose it): keep
+        // long-lived connections healthy through middleboxes that drop idle flows.
+        let mut negotiated = h1.clone();
+        negotiated.http2_keep_alive_interval(Duration::from_secs(30)).http2_keep_alive_timeout(Duration::from_secs(10));
+        let mut h2 = negotiated.clone();
+        h2.http2_only(true);
         let tls = match &config.tls {
             None => None,
             Some(tls) => {
@@ -326,6 +328,7 @@ impl ClientSettings {
         Ok(ClientSettings {
             h1,
             h2,
+            negotiated,
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             max_connections: config.max_connections_per_endpoint,
             tls,
@@ -423,7 +426,7 @@ impl EndpointClient {
             Wire::Http2 => self.h2.get_or_init(|| self.settings.h2.build(connector(Wire::Http2))),
             Wire::Negotiated if self.connector.tls.is_some() => {
                 // Not HTTP/2-only: the client speaks HTTP/2 on a connection whose ALPN says so.
-                self.negotiated.get_or_init(|| self.settings.h1.build(connector(Wire::Negotiated)))
+                self.negotiated.get_or_init(|| self.settings.negotiated.build(connector(Wire::Negotiated)))
             }
             Wire::Http1 | Wire::Negotiated => self.h1.get_or_init(|| self.settings.h1.build(connector(Wire::Http1))),
         }
