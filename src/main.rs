@@ -122,6 +122,22 @@ fn fail(e: impl std::fmt::Display) -> waymark_cli::Failure {
     waymark_cli::Failure::new(waymark_cli::Exit::Error, e.to_string())
 }
 
+/// A failure reported with every cause in its chain (causes a message already includes are
+/// not repeated).
+fn fail_with_causes(e: &(dyn std::error::Error + 'static)) -> waymark_cli::Failure {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    waymark_cli::Failure::new(waymark_cli::Exit::Error, text)
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, waymark_cli::Failure> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(fail)
 }
@@ -149,7 +165,7 @@ fn run_namer(args: ServerArgs) -> Result<(), waymark_cli::Failure> {
     };
     let log = waymark_admin::init_logging(&config.logging.level, config.logging.format).map_err(fail)?;
     runtime()?.block_on(async {
-        let app = waymark_namer::NamerApp::build(config, Some(log)).await.map_err(fail)?;
+        let app = waymark_namer::NamerApp::build(config, Some(log)).await.map_err(|e| fail_with_causes(&e))?;
         app.run(shutdown_signal()).await;
         Ok(())
     })
@@ -194,7 +210,10 @@ fn run_router(args: RouterArgs) -> Result<(), waymark_cli::Failure> {
     };
     let runtime = runtime.enable_all().build().map_err(fail)?;
     runtime.block_on(async move {
-        let app = waymark_router::App::build(config).await.map_err(fail)?.with_log_control(Arc::new(RouterLog(log)));
+        let app = waymark_router::App::build(config)
+            .await
+            .map_err(|e| fail_with_causes(&e))?
+            .with_log_control(Arc::new(RouterLog(log)));
         app.run(shutdown_signal()).await.map_err(fail)
     })
 }

@@ -326,7 +326,11 @@ pub fn bind_path(dtab: &Dtab, namers: &Namers, path: &Path, options: BindOptions
 
 impl Binder<'_> {
     /// One lookup step for an unbound path: the dtab first, the namers if it said `Neg`.
-    /// Fails when the work it would take passes the budget.
+    ///
+    /// "Said `Neg`" is Finagle's `DefaultInterpreter` rule, exactly: the dtab's answer *is*
+    /// the negative tree, which happens when no dentry matches and also when the one matching
+    /// dentry's destination is `~`. Two matching `~` dentries answer `Alt(~, ~)`, which is not
+    /// `Neg` and does not fall back. Fails when the work it would take passes the budget.
     fn lookup(&mut self, path: &Path) -> Result<Lookup, BindError> {
         self.lookups_made += 1;
         self.work.charge_lookup(self.dtab.len()).map_err(|_| BindError::TooMuchWork)?;
@@ -336,19 +340,21 @@ impl Binder<'_> {
             let residual = path.drop(d.prefix().len());
             matches.push(d.dst().map_ref(&mut |leaf: &Path| Name::Path(leaf.concat(&residual))));
         }
-        Ok(match matches.len() {
-            0 => {
-                let (answer, asked) = self.namers.lookup(path);
-                for lookup in asked {
-                    if !self.lookups.contains(&lookup) {
-                        self.lookups.push(lookup);
-                    }
-                }
-                answer
+        let answer = match matches.len() {
+            0 => NameTree::Neg,
+            1 => matches.pop().unwrap_or(NameTree::Neg),
+            _ => NameTree::Alt(matches),
+        };
+        if !matches!(answer, NameTree::Neg) {
+            return Ok(Lookup::Found(answer));
+        }
+        let (answer, asked) = self.namers.lookup(path);
+        for lookup in asked {
+            if !self.lookups.contains(&lookup) {
+                self.lookups.push(lookup);
             }
-            1 => Lookup::Found(matches.pop().unwrap_or(NameTree::Neg)),
-            _ => Lookup::Found(NameTree::Alt(matches)),
-        })
+        }
+        Ok(answer)
     }
 
     fn abort(&mut self, e: BindError) -> BindOutcome {

@@ -23,7 +23,7 @@ use waymark_dtab::{
 
 use crate::dns::{Dns, DnsFailure};
 use crate::dtabs::DtabSource;
-use crate::namers::{NamerConfig, NamerHealth, ServiceNamer};
+use crate::namers::{InvalidPrefix, NamerHealth, NamerKind, NamerStartError, ServiceNamer};
 use crate::resolver::{BindState, Resolver};
 
 /// Tuning for an [`Interpreter`].
@@ -45,6 +45,20 @@ pub struct InterpreterOptions {
     pub max_override_bytes: usize,
     /// The largest delegation output, in bytes of namerd's JSON without addresses.
     pub max_delegation_bytes: usize,
+}
+
+/// Why an interpreter could not be built from a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum FromConfigError {
+    /// A namer's prefix is not a path.
+    #[error(transparent)]
+    Prefix(#[from] InvalidPrefix),
+    /// A namer could not start.
+    #[error(transparent)]
+    Start(#[from] NamerStartError),
+    /// Two namers' prefixes overlap.
+    #[error("mounting the namers")]
+    Mount(#[from] MountError),
 }
 
 /// Metrics of an interpreter.
@@ -120,6 +134,13 @@ struct BindingEntry {
     tx: watch::Sender<BindState>,
     stop: Arc<Notify>,
     override_bytes: usize,
+}
+
+/// One namer lookup a binding made.
+struct Consulted {
+    mount: Path,
+    namer: Arc<dyn ServiceNamer>,
+    path: Path,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -219,18 +240,19 @@ impl Interpreter {
         Ok(Interpreter { inner: Arc::new(inner) })
     }
 
-    /// Starts the configured namers and builds an interpreter over them.
-    pub async fn from_config(
+    /// Starts the configured namers, of whatever kinds the caller composes, and builds an
+    /// interpreter over them.
+    pub async fn from_config<K: NamerKind>(
         dtabs: Arc<dyn DtabSource>,
-        namers: &[NamerConfig],
+        namers: &[K],
         options: InterpreterOptions,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, FromConfigError> {
         let dns = Dns::from_system();
         let mut mounts = Vec::with_capacity(namers.len());
         for config in namers {
-            mounts.push((config.mount()?, config.build(&dns).await?));
+            mounts.push((config.mount()?, config.start(&dns).await?));
         }
-        Interpreter::new(dtabs, mounts, dns, options).map_err(|e| e.to_string())
+        Ok(Interpreter::new(dtabs, mounts, dns, options)?)
     }
 
     /// The interpreter's metrics.
@@ -513,14 +535,9 @@ async fn any_changed(changes: &mut Vec<watch::Receiver<u64>>) {
 }
 
 impl Inner {
-    /// Binds `path` through `dtab` once; also returns the namers whose changes could alter
-    /// the result.
-    fn bind_once(
-        &self,
-        dtab: &Dtab,
-        path: &Path,
-        alternatives: Alternatives,
-    ) -> (BindState, Vec<Arc<dyn ServiceNamer>>) {
+    /// Binds `path` through `dtab` once; also returns the namer lookups it made, whose
+    /// changes could alter the result.
+    fn bind_once(&self, dtab: &Dtab, path: &Path, alternatives: Alternatives) -> (BindState, Vec<Consulted>) {
         let started = Instant::now();
         let binding = waymark_dtab::bind_path(
             dtab,
@@ -535,9 +552,15 @@ impl Inner {
             BindOutcome::Pending => BindState::Pending,
             BindOutcome::Failed(e) => BindState::Failed(e.to_string().into()),
         };
-        let used: BTreeSet<&Path> = binding.lookups.iter().map(|l| &l.mount).collect();
-        let namers = self.mounts.iter().filter(|(m, _)| used.contains(m)).map(|(_, n)| n.clone()).collect();
-        (state, namers)
+        let consulted = binding
+            .lookups
+            .into_iter()
+            .filter_map(|lookup| {
+                let (mount, namer) = self.mounts.iter().find(|(m, _)| *m == lookup.mount)?;
+                Some(Consulted { mount: mount.clone(), namer: namer.clone(), path: lookup.path })
+            })
+            .collect();
+        (state, consulted)
     }
 
     /// Binds on a blocking thread when the work may be large: the dtab holds a client's
@@ -547,20 +570,20 @@ impl Inner {
         dtab: Dtab,
         key: &BindKey,
         last_took: Duration,
-    ) -> (BindState, Vec<Arc<dyn ServiceNamer>>, Duration) {
+    ) -> (BindState, Vec<Consulted>, Duration) {
         const LARGE_DTAB: usize = 64;
         const SLOW_BIND: Duration = Duration::from_millis(1);
         let started = Instant::now();
         if key.local.is_empty() && dtab.len() <= LARGE_DTAB && last_took < SLOW_BIND {
-            let (state, namers) = self.bind_once(&dtab, &key.path, key.alternatives);
-            return (state, namers, started.elapsed());
+            let (state, consulted) = self.bind_once(&dtab, &key.path, key.alternatives);
+            return (state, consulted, started.elapsed());
         }
         let _permit = self.heavy.acquire().await;
         let (inner, path, alternatives) = (self.clone(), key.path.clone(), key.alternatives);
-        let (state, namers) = tokio::task::spawn_blocking(move || inner.bind_once(&dtab, &path, alternatives))
+        let (state, consulted) = tokio::task::spawn_blocking(move || inner.bind_once(&dtab, &path, alternatives))
             .await
             .unwrap_or_else(|e| (BindState::Failed(format!("binding failed: {e}").into()), Vec::new()));
-        (state, namers, started.elapsed())
+        (state, consulted, started.elapsed())
     }
 
     /// Makes room for a new override binding of `bytes`, dropping idle override bindings if
@@ -667,19 +690,40 @@ async fn rebind_on_change(inner: &Arc<Inner>, key: &BindKey, tx: &watch::Sender<
     let mut dtab_open = true;
     let mut last_took = Duration::ZERO;
     loop {
+        // Every namer's changes are watched from before binding: a lookup answers from the
+        // state at that moment, and the per-lookup watches below begin only after it.
+        let before: Vec<(Path, watch::Receiver<u64>)> = inner
+            .mounts
+            .iter()
+            .map(|(mount, namer)| {
+                let mut rx = namer.changes();
+                rx.mark_unchanged();
+                (mount.clone(), rx)
+            })
+            .collect();
         let base = dtab.borrow_and_update().clone().unwrap_or_default();
-        let (state, namers, took) = inner.bind_off_thread_if_large(base.concat(&key.local), key, last_took).await;
+        let (state, consulted, took) = inner.bind_off_thread_if_large(base.concat(&key.local), key, last_took).await;
         last_took = took;
-        // Subscribe before publishing, so that a namer change racing with this binding is
-        // not missed.
-        let mut changes: Vec<watch::Receiver<u64>> = namers.iter().map(|n| n.changes()).collect();
-        changes.iter_mut().for_each(|c| {
-            c.mark_unchanged();
-        });
+        // From now on, follow exactly the lookups this binding made.
+        let mut changes: Vec<watch::Receiver<u64>> = consulted
+            .iter()
+            .map(|c| {
+                let mut rx = c.namer.lookup_changes(&c.path);
+                rx.mark_unchanged();
+                rx
+            })
+            .collect();
+        let raced = before
+            .iter()
+            .any(|(mount, rx)| consulted.iter().any(|c| c.mount == *mount) && rx.has_changed().unwrap_or(false));
         if let BindState::Failed(e) = &state {
             debug!(error = %e, "binding failed");
         }
         publish(tx, state);
+        if raced {
+            // A namer this binding consulted changed while it was binding: bind again now.
+            continue;
+        }
         let dtab_changed = if dtab_open { Either::Left(dtab.changed()) } else { Either::Right(future::pending()) };
         tokio::select! {
             changed = dtab_changed => dtab_open = changed.is_ok(),
@@ -727,7 +771,7 @@ async fn resolve_on_change(inner: &Inner, id: &Path, tx: &watch::Sender<Addr>) {
     if let Some((mount, namer)) = inner.mount_for(id) {
         let relative = id.drop(mount.len());
         loop {
-            let mut changes = namer.changes();
+            let mut changes = namer.lookup_changes(&relative);
             changes.mark_unchanged();
             match concrete(id, namer.lookup(&relative)) {
                 Concrete::Addr(addr) => {

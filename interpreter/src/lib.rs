@@ -6,6 +6,12 @@
 //! configuration). Each binding and each address set is computed once however many consumers
 //! watch it, and dropped when nobody has watched it for a while.
 //!
+//! The interpreter does not choose which kinds of namer exist: [`NamerKind`] is how a service
+//! composes its own set. [`BuiltinNamer`] is the small set every service may use (files,
+//! static addresses, rewriting; DNS for `/$/inet` is always there); the namer service adds
+//! Kubernetes beside them, so that a router, which depends on this crate, never links a
+//! Kubernetes client.
+//!
 //! Consumers see everything through [`Resolver`], which the router also implements over the
 //! namer's gRPC API, so that a router can bind locally (standalone mode) or through a namer
 //! with the same code.
@@ -18,6 +24,6 @@ mod resolver;
 
 pub use dns::{Dns, DnsFailure};
 pub use dtabs::{DtabSource, FixedDtabs};
-pub use interpreter::{Interpreter, InterpreterMetrics, InterpreterOptions, NamespaceResolver};
-pub use namers::{ConfigProblem, NamerConfig, NamerHealth, ServiceNamer};
+pub use interpreter::{FromConfigError, Interpreter, InterpreterMetrics, InterpreterOptions, NamespaceResolver};
+pub use namers::{BuiltinNamer, ConfigProblem, NamerHealth, NamerKind, NamerStartError, ServiceNamer};
 pub use resolver::{BindState, Resolver};

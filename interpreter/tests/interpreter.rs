@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use waymark_dtab::{Addr, Dtab, Path};
-use waymark_interpreter::namers::{FsConfig, NamerConfig};
+use waymark_interpreter::namers::{BuiltinNamer, FsConfig};
 use waymark_interpreter::{BindState, Dns, FixedDtabs, Interpreter, InterpreterOptions, Resolver};
 
 fn p(s: &str) -> Path {
@@ -119,7 +119,7 @@ async fn bindings_and_addresses_follow_files_of_the_fs_namer() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("web-v1"), "127.0.0.1 8081\n").unwrap();
     let namers =
-        [NamerConfig::Fs(FsConfig { prefix: "/io.l5d.fs".into(), root_dir: dir.path().into(), poll_interval_ms: 50 })];
+        [BuiltinNamer::Fs(FsConfig { prefix: "/io.l5d.fs".into(), root_dir: dir.path().into(), poll_interval_ms: 50 })];
     let dtabs = Arc::new(FixedDtabs::with("default", d("/svc=>/#/io.l5d.fs;/svc/web=>/svc/web-v2 | /svc/web-v1")));
     let interpreter = Interpreter::from_config(dtabs, &namers, InterpreterOptions::default()).await.unwrap();
     let resolver = interpreter.namespace("default");
@@ -190,4 +190,59 @@ async fn override_bindings_are_bounded_by_count_and_bytes_and_plain_bindings_nev
     let mut too_big = interpreter.bind("default", &p("/svc"), &huge);
     assert!(matches!(next_matching(&mut too_big, |s| *s != BindState::Pending).await, BindState::Failed(_)));
     assert!(matches!(*plain.borrow(), BindState::Bound(_)));
+}
+
+/// A namer whose source changes right after its first lookup answers, as a watch that
+/// finishes listing just after a binding asked would: the first answer is pending, every
+/// later one is bound. It counts per-path change subscriptions.
+struct LateNamer {
+    looked_up: std::sync::Mutex<bool>,
+    changes: watch::Sender<u64>,
+    per_path: watch::Sender<u64>,
+}
+
+impl waymark_dtab::Namer for LateNamer {
+    fn lookup(&self, path: &Path) -> waymark_dtab::Lookup {
+        let mut looked_up = self.looked_up.lock().unwrap();
+        if !*looked_up {
+            *looked_up = true;
+            // The change lands before the binding can subscribe to anything after it.
+            self.changes.send_modify(|n| *n += 1);
+            self.per_path.send_modify(|n| *n += 1);
+            return waymark_dtab::Lookup::Pending;
+        }
+        let bound = waymark_dtab::BoundName::new(path.clone(), Path::empty());
+        waymark_dtab::Lookup::Found(waymark_dtab::NameTree::Leaf(waymark_dtab::Name::Bound(bound)))
+    }
+}
+
+impl waymark_interpreter::ServiceNamer for LateNamer {
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn lookup_changes(&self, _path: &Path) -> watch::Receiver<u64> {
+        self.per_path.subscribe()
+    }
+
+    fn resolve(&self, _id: &Path) -> watch::Receiver<Addr> {
+        watch::channel(Addr::bound(["127.0.0.1:1".parse().unwrap()])).1
+    }
+}
+
+#[tokio::test]
+async fn a_namer_change_between_a_lookup_and_the_binding_watching_it_is_not_missed() {
+    let namer = Arc::new(LateNamer {
+        looked_up: std::sync::Mutex::new(false),
+        changes: watch::Sender::new(0),
+        per_path: watch::Sender::new(0),
+    });
+    let dtabs = Arc::new(FixedDtabs::with("default", d("/svc=>/#/late")));
+    let mounts: Vec<(Path, Arc<dyn waymark_interpreter::ServiceNamer>)> = vec![(p("/#/late"), namer.clone())];
+    let interpreter = Interpreter::new(dtabs, mounts, Dns::from_system(), InterpreterOptions::default()).unwrap();
+    let mut binding = interpreter.bind("default", &p("/svc/web"), &Dtab::empty());
+    let bound = next_matching(&mut binding, |s| matches!(s, BindState::Bound(_))).await;
+    assert_eq!(shown(&bound), "/#/late/web");
+    // The binding follows the lookup it made, not only the namer as a whole.
+    assert!(namer.per_path.receiver_count() >= 1);
 }

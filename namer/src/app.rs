@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use waymark_admin::{Admin, LogControl, ReadinessCheck};
-use waymark_interpreter::Interpreter;
+use waymark_interpreter::{FromConfigError, Interpreter};
 use waymark_store::{DtabStore, StoreMetrics};
 
 use crate::config::{InterfaceConfig, NamerConfig};
@@ -37,16 +37,17 @@ pub struct NamerApp {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The store could not be opened.
-    #[error("opening the {kind} store: {cause}")]
+    #[error("opening the {kind} store")]
     Store {
         /// The store's kind.
         kind: &'static str,
         /// Why.
-        cause: String,
+        #[source]
+        source: waymark_store::StoreError,
     },
     /// A namer could not be started.
-    #[error("starting the namers: {0}")]
-    Namers(String),
+    #[error("starting the namers")]
+    Namers(#[source] FromConfigError),
     /// An interface's TLS could not be set up.
     #[error("interfaces[{index}].tls: {cause}")]
     Tls {
@@ -89,7 +90,7 @@ impl NamerApp {
             .storage
             .build_instrumented(&store_metrics)
             .await
-            .map_err(|e| StartError::Store { kind: config.storage.kind(), cause: e.to_string() })?;
+            .map_err(|source| StartError::Store { kind: config.storage.kind(), source })?;
         let dtabs = Arc::new(StoreDtabs::new(store.clone()));
         let interpreter = Interpreter::from_config(dtabs, &config.namers, config.interpreter.options())
             .await

@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use waymark_admin::LogFormat;
+use waymark_interpreter::InterpreterOptions;
 use waymark_interpreter::namers::validate_all;
-use waymark_interpreter::{InterpreterOptions, NamerConfig as NamerKind};
 use waymark_store::StoreConfig;
 use waymark_tls::ServerTls;
 
+use crate::namers::NamerKindConfig;
 use crate::serve::ConnectionLimits;
 
 /// The whole namer configuration.
@@ -28,7 +29,7 @@ pub struct NamerConfig {
     pub storage: StoreConfig,
     /// Service discovery namers, mounted under `/#/<prefix>`, consulted in order.
     #[serde(default)]
-    pub namers: Vec<NamerKind>,
+    pub namers: Vec<NamerKindConfig>,
     /// The APIs served: the namerd HTTP API and the `io.l5d.mesh` gRPC API.
     #[serde(default = "default_interfaces")]
     pub interfaces: Vec<InterfaceConfig>,

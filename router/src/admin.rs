@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
@@ -10,12 +11,14 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use waymark_dtab::{Dtab, Path};
 
+use crate::conn::{self, Connections, ServerLimits, Tracked, Watched};
+use crate::errors::printable;
 use crate::metrics::Metrics;
 use crate::naming::Naming;
 use crate::routes::Routes;
@@ -30,6 +33,17 @@ pub struct AdminConfig {
     /// The port (0 picks a free one).
     #[serde(default = "default_port")]
     pub port: u16,
+    /// How long a client has to send a complete request head, from the moment it connects
+    /// and from the first byte of each later request.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// How long a connection with no request in flight is kept open.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// The most connections open at once; at the limit the one idle the longest is closed to
+    /// make room (or, when all are busy, the new one), so that an operator can always get in.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 /// Reads and changes the process's log filter at run time; the binary provides it.
@@ -63,10 +77,25 @@ fn default_ip() -> IpAddr {
 fn default_port() -> u16 {
     9990
 }
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_max_connections() -> usize {
+    100
+}
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { ip: default_ip(), port: default_port() }
+        AdminConfig {
+            ip: default_ip(),
+            port: default_port(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            max_connections: default_max_connections(),
+        }
     }
 }
 
@@ -74,12 +103,33 @@ impl AdminConfig {
     pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.ip, self.port)
     }
+
+    pub(crate) fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_connections: self.max_connections,
+        }
+    }
+
+    pub(crate) fn problems(&self, at: &str, out: &mut Vec<String>) {
+        if self.header_read_timeout_ms == 0 {
+            out.push(format!("{at}.header_read_timeout_ms: must be more than 0"));
+        }
+        if self.idle_timeout_ms == 0 {
+            out.push(format!("{at}.idle_timeout_ms: must be more than 0"));
+        }
+        if self.max_connections == 0 {
+            out.push(format!("{at}.max_connections: must be at least 1"));
+        }
+    }
 }
 
 type AdminResponse = Response<Full<Bytes>>;
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
-    let mut response = Response::new(Full::new(body.into()));
+fn text(status: StatusCode, body: impl Into<String>) -> AdminResponse {
+    // Error texts may quote what the client sent.
+    let mut response = Response::new(Full::new(Bytes::from(printable(body.into()))));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
@@ -215,24 +265,49 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminResponse> {
     }
 }
 
-/// Serves the admin endpoints until `shutdown` turns true.
-pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
+/// Serves the admin endpoints until `shutdown` turns true, within the admin server's limits.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    connections: Arc<Connections>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let builder = {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        // Timed by `conn::watch` instead (see `server::http_builder`).
+        builder.timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(crate::server::MAX_HTTP1_HEAD_BYTES);
+        Arc::new(builder)
+    };
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(pair) => pair,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(connections.accept_failed(&e)).await;
                     continue;
                 }
             },
             _ = crate::server::stopped(&mut shutdown) => return,
         };
-        let admin = admin.clone();
+        if !connections.make_room() {
+            continue;
+        }
+        let info = connections.open(peer, local, None, None);
+        let (admin, builder, mut shutdown) = (admin.clone(), builder.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |req| admin.clone().handle(req));
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let conn_info = info.clone();
+            let service = service_fn(move |req| {
+                let in_flight = conn_info.request_started();
+                let admin = admin.clone();
+                async move {
+                    let response = admin.handle(req).await?;
+                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+                }
+            });
+            let conn = builder.serve_connection(TokioIo::new(Watched::new(stream, info.clone())), service);
+            let stop = async move { crate::server::stopped(&mut shutdown).await };
+            conn::watch(conn, |conn| conn.graceful_shutdown(), &info, stop).await;
         });
     }
 }

@@ -13,29 +13,39 @@ use tracing::Instrument;
 use waymark_dtab::Dtab;
 
 use crate::admin::{self, Admin, LogControl};
-use crate::balance::BalanceSettings;
 use crate::client::ClientSettings;
 use crate::config::{ConfigError, RouterConfig};
+use crate::conn::Connections;
 use crate::mesh::MeshClient;
-use crate::metrics::{DtabLabels, ListenerLabels, Metrics};
+use crate::metrics::{DtabLabels, Metrics};
 use crate::naming::{InterpreterConfig, Naming};
-use crate::proxy::{ListenerProxy, Proxy, ProxySettings};
+use crate::proxy::{ListenerProxy, Proxy};
 use crate::routes::Routes;
-use crate::server::{self, ListenerMetrics};
+use crate::server::{self, Incoming};
 use tokio_rustls::TlsAcceptor;
-use waymark_tls::TlsError;
+use waymark_tls::{TlsError, TlsIncoming};
 
 /// A router, built and bound, ready to run.
 pub struct App {
-    listeners: Vec<(TcpListener, Option<TlsAcceptor>, Arc<ListenerProxy>, ListenerMetrics)>,
+    listeners: Vec<Listener>,
     listener_addrs: Vec<SocketAddr>,
     admin_listener: TcpListener,
     admin_addr: SocketAddr,
     admin: Arc<Admin>,
+    admin_connections: Arc<Connections>,
     routes: Arc<Routes>,
     metrics: Arc<Metrics>,
     naming: Naming,
     drain_timeout: Duration,
+}
+
+/// A bound listener, ready to serve.
+struct Listener {
+    socket: TcpListener,
+    tls: Option<TlsAcceptor>,
+    proxy: Arc<ListenerProxy>,
+    connections: Arc<Connections>,
+    original_dst: bool,
 }
 
 /// The router could not start.
@@ -47,6 +57,9 @@ pub enum AppError {
     /// The binding source could not be set up.
     #[error("could not set up naming: {0}")]
     Naming(String),
+    /// A standalone router's namers could not start.
+    #[error("could not start the namers")]
+    Namers(#[from] waymark_interpreter::FromConfigError),
     /// A listener's TLS could not be set up.
     #[error("listener {listener}: {source}")]
     Tls {
@@ -91,7 +104,7 @@ impl App {
         let naming = match &config.interpreter {
             InterpreterConfig::Standalone { dtab, namers } => {
                 let dtab: Dtab = dtab.parse().map_err(|e| AppError::Naming(format!("dtab: {e}")))?;
-                Naming::standalone(dtab, namers).await.map_err(AppError::Naming)?
+                Naming::standalone(dtab, namers).await?
             }
             InterpreterConfig::Mesh { dst, namespace, retry_base_ms, retry_max_ms, tls } => MeshClient::new(
                 dst,
@@ -115,27 +128,8 @@ impl App {
     async fn assemble(config: RouterConfig, naming: Naming, metrics: Arc<Metrics>) -> Result<App, AppError> {
         config.validate()?;
         let client = Arc::new(ClientSettings::new(&config.client).map_err(AppError::ClientTls)?);
-        let balance = Arc::new(BalanceSettings::new(&config.client.load_balancer, &config.client.failure_accrual));
-        let routes = Routes::new(
-            naming.resolver.clone(),
-            metrics.clone(),
-            client,
-            balance,
-            config.service.retries.budget.clone(),
-            &config.binding_cache,
-        );
-        let settings = ProxySettings {
-            protocol: config.client.protocol,
-            binding_timeout: Duration::from_millis(config.binding_timeout_ms),
-            total_timeout: config.service.total_timeout_ms.map(Duration::from_millis),
-            attempt_timeout: config.client.request_attempt_timeout_ms.map(Duration::from_millis),
-            classifier: Arc::new(config.service.response_classifier.clone()),
-            max_override_bytes: config.max_override_bytes,
-            max_retries: config.service.retries.max_per_request,
-            max_replay_body_bytes: config.service.retries.max_replay_body_bytes,
-            enforce_deadline: config.service.enforce_deadline,
-        };
-        let proxy = Arc::new(Proxy { routes: routes.clone(), naming: naming.clone(), settings });
+        let proxy = Proxy::new(&config, naming.clone(), client, metrics.clone());
+        let routes = proxy.routes.clone();
 
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut listener_addrs = Vec::with_capacity(config.listeners.len());
@@ -148,33 +142,23 @@ impl App {
                 None => None,
             };
             let socket = bind(listener.addr()).await?;
-            listener_addrs
-                .push(socket.local_addr().map_err(|source| AppError::Bind { addr: listener.addr(), source })?);
+            let bound = socket.local_addr().map_err(|source| AppError::Bind { addr: listener.addr(), source })?;
+            listener_addrs.push(bound);
             let prefix = config.prefix(listener);
+            let connections = Connections::new(&listener.name, listener.limits(), &metrics.connections);
             let identifiers = listener.identifier.as_ref().unwrap_or(&config.identifier);
-            let labels = ListenerLabels { listener: listener.name.clone() };
-            let listener_metrics = ListenerMetrics {
-                open: metrics.server_connections.get_or_create_owned(&labels),
-                accepted: metrics.server_connections_total.get_or_create_owned(&labels),
-            };
-            let view = Arc::new(ListenerProxy {
-                proxy: proxy.clone(),
-                identifiers: identifiers.iter().map(|i| i.build(&prefix)).collect(),
-                trusted: listener.is_trusted(),
-                max_call_depth: listener.max_call_depth,
-                name: listener.name.clone(),
-                refused: metrics.refused_requests.clone(),
-                empty_dtab: Dtab::empty(),
-            });
-            listeners.push((socket, tls, view, listener_metrics));
+            let view = Arc::new(ListenerProxy::new(proxy.clone(), listener, identifiers, &prefix, bound));
+            listeners.push(Listener { socket, tls, proxy: view, connections, original_dst: listener.original_dst });
         }
         let admin_listener = bind(config.admin.addr()).await?;
         let admin_addr =
             admin_listener.local_addr().map_err(|source| AppError::Bind { addr: config.admin.addr(), source })?;
         let admin =
             Arc::new(Admin { metrics: metrics.clone(), naming: naming.clone(), routes: routes.clone(), log: None });
+        let admin_connections = Connections::new("admin", config.admin.limits(), &metrics.connections);
         Ok(App {
             listeners,
+            admin_connections,
             listener_addrs,
             admin_listener,
             admin_addr,
@@ -210,13 +194,21 @@ impl App {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (drained_tx, mut drained) = mpsc::channel::<()>(1);
         let mut accept_loops: Vec<JoinHandle<()>> = Vec::new();
-        for ((socket, tls, view, listener_metrics), addr) in self.listeners.into_iter().zip(&self.listener_addrs) {
-            tracing::info!(%addr, trusted = view.trusted, tls = tls.is_some(), "listening");
-            let serve = server::serve(socket, tls, view, drained_tx.clone(), stop_rx.clone(), listener_metrics);
+        for (listener, addr) in self.listeners.into_iter().zip(&self.listener_addrs) {
+            let Listener { socket, tls, proxy, connections, original_dst } = listener;
+            tracing::info!(%addr, trusted = proxy.trusted, tls = tls.is_some(), "listening");
+            let incoming = match tls {
+                None => Incoming::Plain(socket),
+                Some(acceptor) => Incoming::Tls(
+                    TlsIncoming::new(socket, acceptor).map_err(|source| AppError::Bind { addr: *addr, source })?,
+                ),
+            };
+            let serve = server::serve(incoming, proxy, connections, drained_tx.clone(), stop_rx.clone(), original_dst);
             accept_loops.push(tokio::spawn(serve.instrument(tracing::info_span!("listener", %addr))));
         }
         tracing::info!(addr = %self.admin_addr, "admin listening");
-        let admin_task = tokio::spawn(admin::serve(self.admin_listener, self.admin, stop_rx.clone()));
+        let admin_task =
+            tokio::spawn(admin::serve(self.admin_listener, self.admin, self.admin_connections, stop_rx.clone()));
         let evictor = self.routes.spawn_evictor();
         let status_task = tokio::spawn(report_status(self.naming.clone(), self.metrics.clone()));
 

@@ -13,8 +13,6 @@ use base64::engine::general_purpose::STANDARD;
 use http::header::VIA;
 use http::{HeaderMap, HeaderName, HeaderValue, Version};
 
-use crate::rng;
-
 /// The caller's deadline: `<timestamp_ns> <deadline_ns>`, nanoseconds since the Unix epoch.
 pub(crate) const L5D_CTX_DEADLINE: HeaderName = HeaderName::from_static("l5d-ctx-deadline");
 /// The caller's trace id: base64 of Finagle's serialised `TraceId`.
@@ -117,7 +115,7 @@ pub(crate) struct TraceId {
 impl TraceId {
     /// A new trace, whose first span is its own parent (as Finagle writes a root span).
     pub(crate) fn root() -> TraceId {
-        let id = rng::next_u64();
+        let id = waymark_random::next_u64();
         TraceId { span: id, parent: id, trace: id, flags: 0, trace_high: None }
     }
 
@@ -141,7 +139,7 @@ impl TraceId {
 
     /// The span of the next hop: a new span id under this one, in the same trace.
     pub(crate) fn child(&self) -> TraceId {
-        TraceId { span: rng::next_u64(), parent: self.span, ..*self }
+        TraceId { span: waymark_random::next_u64(), parent: self.span, ..*self }
     }
 
     /// The sampling decision, when one was made.
@@ -155,7 +153,7 @@ impl TraceId {
         if self.sampled().is_some() {
             return;
         }
-        let draw = (rng::next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let draw = waymark_random::unit();
         self.flags |= FLAG_SAMPLING_KNOWN;
         if draw < rate {
             self.flags |= FLAG_SAMPLED;
@@ -201,13 +199,32 @@ pub(crate) fn call_depth(headers: &HeaderMap) -> usize {
 }
 
 /// Adds this router to `Via`, with the protocol the request arrived in (RFC 9110, 7.6.3).
+/// The entries are kept in one header line, so that a long path (a routing loop, say) is
+/// stopped by the call depth limit rather than by a server's limit on the number of headers.
 pub(crate) fn append_via(headers: &mut HeaderMap, received: Version) {
     let entry = match received {
         Version::HTTP_2 => "2 waymark",
         Version::HTTP_10 => "1.0 waymark",
         _ => "1.1 waymark",
     };
-    headers.append(VIA, HeaderValue::from_static(entry));
+    if !headers.contains_key(VIA) {
+        headers.insert(VIA, HeaderValue::from_static(entry));
+        return;
+    }
+    let mut line = Vec::with_capacity(128);
+    for value in headers.get_all(VIA) {
+        line.extend_from_slice(value.as_bytes());
+        line.extend_from_slice(b", ");
+    }
+    line.extend_from_slice(entry.as_bytes());
+    match HeaderValue::from_bytes(&line) {
+        Ok(value) => {
+            headers.insert(VIA, value);
+        }
+        Err(_) => {
+            headers.append(VIA, HeaderValue::from_static(entry));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -288,7 +305,10 @@ mod tests {
         assert_eq!(call_depth(&h), 3);
         append_via(&mut h, Version::HTTP_2);
         assert_eq!(call_depth(&h), 4);
-        assert_eq!(h.get_all(VIA).iter().next_back().unwrap(), "2 waymark");
+        assert_eq!(h.get_all(VIA).iter().collect::<Vec<_>>(), ["1.1 a, 1.1 b, 2 c, 2 waymark"], "one line");
+        let mut first = HeaderMap::new();
+        append_via(&mut first, Version::HTTP_11);
+        assert_eq!(first[VIA], "1.1 waymark");
         assert_eq!(call_depth(&HeaderMap::new()), 0);
     }
 }

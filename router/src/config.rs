@@ -151,6 +151,7 @@ impl RouterConfig {
                 problems.push(format!("{at}: {} is used by another listener", listener.addr()));
             }
         }
+        self.admin.problems("admin", &mut problems);
         if self.admin.port != 0 && addrs.contains(&self.admin.addr()) {
             problems.push(format!("admin: {} is also a proxy listener", self.admin.addr()));
         }

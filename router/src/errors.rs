@@ -10,11 +10,11 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use waymark_dtab::{Dtab, Path};
 
-use crate::body::ResponseBody;
+use crate::body::{RequestBodyError, ResponseBody};
 use crate::context::{L5D_ERR, L5D_RETRYABLE, OverrideError, form_encode};
 use crate::routes::RouteState;
 
@@ -23,10 +23,20 @@ use crate::routes::RouteState;
 pub(crate) enum RouterError {
     #[error("Unknown destination: {0}")]
     Unidentified(&'static str),
+    #[error("Bad request: {0}")]
+    Malformed(&'static str),
+    #[error(
+        "too many distinct dtab overrides are in use at once ({count} bindings, {bytes} bytes of overrides; see binding_cache.max_override_bindings and max_override_total_bytes)"
+    )]
+    OverridesBusy { count: usize, bytes: usize },
+    #[error("CONNECT is not supported: the router forwards requests to services, it does not open tunnels")]
+    Tunnel,
     #[error(transparent)]
     BadOverride(#[from] OverrideError),
     #[error("reading the request body: {cause}")]
     RequestBody { cause: String },
+    #[error("no part of the request body arrived for {idle_ms} ms")]
+    RequestBodyTimeout { idle_ms: u64 },
     #[error("exceeded {timeout_ms} ms binding timeout while resolving name {name}")]
     BindingTimeout { name: Path, timeout_ms: u64 },
     #[error("binding {name} failed: {why}")]
@@ -53,6 +63,10 @@ pub(crate) enum RouterError {
         "the request has passed {depth} proxies (by its Via header), more than the limit of {max}: is a dtab routing it in a loop?"
     )]
     CallDepth { depth: usize, max: usize },
+    #[error(
+        "{name} is routed to {addr}, which is this router's own listener {listener:?}: a routing loop (check the dtab and any l5d-dtab override)"
+    )]
+    Loop { name: Path, addr: SocketAddr, listener: String },
 }
 
 /// What the router learnt about a request while routing it, for the error body. The logical
@@ -74,13 +88,36 @@ pub(crate) struct Explanation {
 const MAX_ERR_HEADER_BYTES: usize = 8 * 1024;
 
 impl RouterError {
+    /// The failure of the client's request body somewhere in `error`'s causes, if that is what
+    /// failed: the request was malformed or abandoned, not refused by the endpoint.
+    pub(crate) fn from_request_body(error: &(dyn std::error::Error + 'static)) -> Option<RouterError> {
+        let mut cause = Some(error);
+        while let Some(e) = cause {
+            if let Some(body) = e.downcast_ref::<RequestBodyError>() {
+                return Some(match body {
+                    RequestBodyError::Stalled(idle) => {
+                        RouterError::RequestBodyTimeout { idle_ms: idle.as_millis() as u64 }
+                    }
+                    RequestBodyError::Read(read) => RouterError::RequestBody { cause: chain(&**read) },
+                });
+            }
+            cause = e.source();
+        }
+        None
+    }
+
     /// The status Linkerd 1 answers this failure with.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            RouterError::Unidentified(_) | RouterError::CallDepth { .. } => StatusCode::BAD_REQUEST,
+            RouterError::Unidentified(_) | RouterError::Malformed(_) | RouterError::CallDepth { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            RouterError::Tunnel => StatusCode::METHOD_NOT_ALLOWED,
             RouterError::BadOverride(OverrideError::TooLarge { .. }) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             RouterError::BadOverride(_) | RouterError::RequestBody { .. } => StatusCode::BAD_REQUEST,
+            RouterError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             RouterError::BindingTimeout { .. }
+            | RouterError::OverridesBusy { .. }
             | RouterError::TotalTimeout { .. }
             | RouterError::AttemptTimeout { .. }
             | RouterError::DeadlineExceeded { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -88,6 +125,7 @@ impl RouterError {
             | RouterError::Neg { .. }
             | RouterError::Fail { .. }
             | RouterError::NoEndpoints { .. }
+            | RouterError::Loop { .. }
             | RouterError::Connect { .. }
             | RouterError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -97,6 +135,9 @@ impl RouterError {
     pub(crate) fn refusal(&self) -> &'static str {
         match self {
             RouterError::Unidentified(_) => "unidentified",
+            RouterError::Malformed(_) => "malformed",
+            RouterError::OverridesBusy { .. } => "overrides_busy",
+            RouterError::Tunnel => "connect",
             RouterError::BadOverride(OverrideError::TooLarge { .. }) => "override_too_large",
             RouterError::BadOverride(_) => "bad_override",
             RouterError::CallDepth { .. } => "call_depth",
@@ -112,13 +153,14 @@ impl RouterError {
         const FAILED_PRECONDITION: u8 = 9;
         const UNAVAILABLE: u8 = 14;
         match self {
-            RouterError::Unidentified(_) => INVALID_ARGUMENT,
+            RouterError::Unidentified(_) | RouterError::Malformed(_) | RouterError::Tunnel => INVALID_ARGUMENT,
             RouterError::BadOverride(OverrideError::TooLarge { .. }) => RESOURCE_EXHAUSTED,
             RouterError::BadOverride(_) => INVALID_ARGUMENT,
             RouterError::TotalTimeout { .. }
             | RouterError::AttemptTimeout { .. }
             | RouterError::DeadlineExceeded { .. } => DEADLINE_EXCEEDED,
-            RouterError::CallDepth { .. } => FAILED_PRECONDITION,
+            RouterError::CallDepth { .. } | RouterError::Loop { .. } => FAILED_PRECONDITION,
+            RouterError::OverridesBusy { .. } => RESOURCE_EXHAUSTED,
             _ => UNAVAILABLE,
         }
     }
@@ -147,10 +189,14 @@ pub(crate) fn respond(
         if why.retryable {
             response = response.header(L5D_RETRYABLE, HeaderValue::from_static("true"));
         }
-        explain(error, &message, why, name, base)
+        printable(explain(error, &message, why, name, base))
     } else {
         format!("{}\n", status.canonical_reason().unwrap_or("error"))
     };
+    if matches!(error, RouterError::Tunnel) {
+        response =
+            response.header(ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE"));
+    }
     response
         .header(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))
         .body(ResponseBody::full(body))
@@ -232,6 +278,18 @@ fn explain(error: &RouterError, message: &str, why: &Explanation, name: Option<(
     out
 }
 
+/// `text` with control characters other than line breaks and tabs shown as `\u{..}`
+/// escapes: an error body may quote what a client sent, and must not hand a NUL or a
+/// terminal escape back raw.
+pub(crate) fn printable(text: String) -> String {
+    if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return text;
+    }
+    text.chars()
+        .map(|c| if c.is_control() && c != '\n' && c != '\t' { c.escape_unicode().to_string() } else { c.to_string() })
+        .collect()
+}
+
 /// The error and its causes on one line, as `a: b: c`.
 pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     with_causes(error.to_string(), error.source())
@@ -249,4 +307,15 @@ pub(crate) fn with_causes(first: String, mut source: Option<&(dyn std::error::Er
         source = cause.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_never_come_back_raw() {
+        assert_eq!(printable("fine\n\tstill fine".to_string()), "fine\n\tstill fine");
+        assert_eq!(printable("a\0b\x1b[31m".to_string()), "a\\u{0}b\\u{1b}[31m");
+    }
 }

@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::conn::ConnectionMetricFamilies;
 use crate::retry::Class;
 use crate::sync::lock;
 
@@ -52,6 +53,11 @@ pub(crate) struct ListenerLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RefusedLabels {
     pub(crate) listener: String,
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EvictionLabels {
     pub(crate) reason: &'static str,
 }
 
@@ -93,10 +99,12 @@ pub(crate) struct Metrics {
     client_latency: Family<ClientLabels, Histogram, LatencyHistogram>,
     client_connections: Family<ClientLabels, Gauge>,
     client_endpoints: Family<ClientLabels, Gauge>,
-    pub(crate) server_connections: Family<ListenerLabels, Gauge>,
-    pub(crate) server_connections_total: Family<ListenerLabels, Counter>,
+    pub(crate) connections: ConnectionMetricFamilies,
     pub(crate) refused_requests: Family<RefusedLabels, Counter>,
     pub(crate) bindings: Gauge,
+    pub(crate) override_bindings: Gauge,
+    pub(crate) override_binding_bytes: Gauge,
+    pub(crate) binding_evictions: Family<EvictionLabels, Counter>,
     pub(crate) namer_connected: Gauge,
     pub(crate) namer_streams: Family<StreamLabels, Gauge>,
     pub(crate) namer_reconnects: Counter,
@@ -153,10 +161,12 @@ impl Metrics {
         let client_latency = Family::new_with_constructor(LatencyHistogram);
         let client_connections = Family::default();
         let client_endpoints = Family::default();
-        let server_connections = Family::default();
-        let server_connections_total = Family::default();
+        let connections = ConnectionMetricFamilies::default();
         let refused_requests = Family::default();
         let bindings = Gauge::default();
+        let override_bindings = Gauge::default();
+        let override_binding_bytes = Gauge::default();
+        let binding_evictions = Family::default();
         let namer_connected = Gauge::default();
         let namer_streams = Family::default();
         let namer_reconnects = Counter::default();
@@ -192,18 +202,24 @@ impl Metrics {
         );
         r.register("client_connections", "Open connections to endpoints, by concrete name", client_connections.clone());
         r.register("client_endpoints", "Endpoints known, by concrete name", client_endpoints.clone());
-        r.register("server_connections", "Open client connections, by listener", server_connections.clone());
-        r.register(
-            "server_accepted_connections",
-            "Accepted connections, by listener",
-            server_connections_total.clone(),
-        );
+        connections.register(r);
         r.register(
             "refused_requests",
             "Requests refused before they had a logical name or binding, by listener and reason",
             refused_requests.clone(),
         );
         r.register("bindings", "Live bindings of (logical name, dtab override)", bindings.clone());
+        r.register("override_bindings", "Live bindings with a dtab override", override_bindings.clone());
+        r.register(
+            "override_binding_bytes",
+            "Bytes of override text held by live bindings with a dtab override",
+            override_binding_bytes.clone(),
+        );
+        r.register(
+            "binding_evictions",
+            "Bindings dropped, by reason (idle: unused for idle_ttl_secs; limit: over a binding_cache limit)",
+            binding_evictions.clone(),
+        );
         r.register("namer_connected", "1 while the namer is reachable", namer_connected.clone());
         r.register("namer_streams", "Open streams to the namer, by kind", namer_streams.clone());
         r.register("namer_reconnects", "Times a namer stream was opened again after failing", namer_reconnects.clone());
@@ -220,10 +236,12 @@ impl Metrics {
             client_latency,
             client_connections,
             client_endpoints,
-            server_connections,
-            server_connections_total,
+            connections,
             refused_requests,
             bindings,
+            override_bindings,
+            override_binding_bytes,
+            binding_evictions,
             namer_connected,
             namer_streams,
             namer_reconnects,

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use waymark_dtab::json::DelegateJson;
 use waymark_dtab::{Dtab, Path};
 use waymark_interpreter::namers::validate_all;
-use waymark_interpreter::{FixedDtabs, Interpreter, InterpreterOptions, NamerConfig, Resolver};
+use waymark_interpreter::{BuiltinNamer, FixedDtabs, FromConfigError, Interpreter, InterpreterOptions, Resolver};
 
 /// Where the router's bindings come from.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -43,9 +43,10 @@ pub enum InterpreterConfig {
     Standalone {
         /// The dtab, in dtab text.
         dtab: String,
-        /// Namers mounted under `/#/<prefix>` (`io.l5d.fs`, `io.l5d.static`).
+        /// Namers mounted under `/#/<prefix>`: the built-in kinds (`io.l5d.fs`,
+        /// `io.l5d.static`, `io.l5d.rewrite`). Kubernetes namers run in the namer service.
         #[serde(default)]
-        namers: Vec<NamerConfig>,
+        namers: Vec<BuiltinNamer>,
     },
 }
 
@@ -174,7 +175,7 @@ impl Naming {
     }
 
     /// Standalone naming: `dtab` and `namers` in the router's own process.
-    pub async fn standalone(dtab: Dtab, namers: &[NamerConfig]) -> Result<Self, String> {
+    pub async fn standalone(dtab: Dtab, namers: &[BuiltinNamer]) -> Result<Self, FromConfigError> {
         let dtabs = Arc::new(FixedDtabs::with(STANDALONE_NAMESPACE, dtab.clone()));
         let interpreter = Interpreter::from_config(dtabs, namers, InterpreterOptions::default()).await?;
         let (_tx, status) = watch::channel(NamerStatus {

@@ -1,22 +1,27 @@
-//! Listeners: accept connections, pick HTTP/1.1 or HTTP/2 from each connection's preface,
-//! and hand requests to the pipeline; on shutdown, stop accepting and let connections finish.
+//! Listeners: accept connections (within the listener's limits), pick HTTP/1.1 or HTTP/2
+//! from each connection's preface (or ALPN), and hand requests to the pipeline, each with the
+//! connection's [`ConnectionInfo`]; on shutdown, stop accepting and let connections finish.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use std::convert::Infallible;
+
+use futures::future::{BoxFuture, Either};
+use http::{Request, Response};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tracing::Instrument;
+use waymark_tls::TlsIncoming;
 
+use crate::body::ResponseBody;
+use crate::conn::{self, ConnectionInfo, Connections, ServerLimits, TlsPeer, Tracked, Watched};
 use crate::identify::IdentifierConfig;
 use crate::proxy::ListenerProxy;
 
@@ -50,9 +55,35 @@ pub struct ListenerConfig {
     #[serde(default)]
     pub tls: Option<waymark_tls::ServerTls>,
     /// The most proxies, counted from the `Via` header, a request may have passed before it
-    /// is refused with a 400: what stops a routing loop (Linkerd 1's `maxCallDepth`).
+    /// is refused with a 400: what stops a routing loop (Linkerd 1's `maxCallDepth`, whose
+    /// default of 1000 would let one looping request hold 2,000 connections). A destination
+    /// that is this very listener is refused at once, without a hop.
     #[serde(default = "default_max_call_depth")]
     pub max_call_depth: usize,
+    /// How long a client has to send a complete HTTP/1.1 request head: from the moment it
+    /// connects until its first request, and from the first byte of each later one. Slower
+    /// clients are disconnected (nginx's `client_header_timeout`).
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// How long a connection with no request in flight is kept open (HTTP/1.1 keep-alive, or
+    /// HTTP/2 without streams).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// The most client connections open at once. A connection arriving at the limit closes the
+    /// one idle the longest (one that never sent a request first) or, when every connection
+    /// is busy, is closed itself; both are counted in `router_server_connection_limit_reached`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a request body may go without a byte arriving before the request is
+    /// abandoned with a 408 (nginx's `client_body_timeout`).
+    #[serde(default = "default_request_body_idle_timeout_ms")]
+    pub request_body_idle_timeout_ms: u64,
+    /// Read where each connection was headed before the kernel redirected it here
+    /// (`SO_ORIGINAL_DST`, for a listener that iptables sends intercepted traffic to), and
+    /// give it to every request in its connection context. A connection made to the listener
+    /// itself has none.
+    #[serde(default)]
+    pub original_dst: bool,
 }
 
 fn default_name() -> String {
@@ -65,7 +96,19 @@ fn default_port() -> u16 {
     4140
 }
 fn default_max_call_depth() -> usize {
-    1000
+    100
+}
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_request_body_idle_timeout_ms() -> u64 {
+    60_000
 }
 
 impl Default for ListenerConfig {
@@ -79,6 +122,11 @@ impl Default for ListenerConfig {
             dst_prefix: None,
             tls: None,
             max_call_depth: default_max_call_depth(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            max_connections: default_max_connections(),
+            request_body_idle_timeout_ms: default_request_body_idle_timeout_ms(),
+            original_dst: false,
         }
     }
 }
@@ -92,6 +140,21 @@ impl ListenerConfig {
     pub(crate) fn problems(&self, at: &str, out: &mut Vec<String>) {
         if self.name.is_empty() {
             out.push(format!("{at}.name: may not be empty"));
+        }
+        if self.name == "admin" {
+            out.push(format!("{at}.name: \"admin\" names the admin server in metrics; choose another"));
+        }
+        if self.header_read_timeout_ms == 0 {
+            out.push(format!("{at}.header_read_timeout_ms: must be more than 0"));
+        }
+        if self.idle_timeout_ms == 0 {
+            out.push(format!("{at}.idle_timeout_ms: must be more than 0"));
+        }
+        if self.max_connections == 0 {
+            out.push(format!("{at}.max_connections: must be at least 1"));
+        }
+        if self.request_body_idle_timeout_ms == 0 {
+            out.push(format!("{at}.request_body_idle_timeout_ms: must be more than 0"));
         }
         if self.max_call_depth == 0 {
             out.push(format!("{at}.max_call_depth: must be at least 1"));
@@ -112,12 +175,27 @@ impl ListenerConfig {
     pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.ip, self.port)
     }
+
+    pub(crate) fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_connections: self.max_connections,
+        }
+    }
 }
+
+/// The largest HTTP/1.1 request head a client may send (hyper's default is 400 KiB, which ten
+/// thousand slow clients could turn into 4 GB); room for an 8 KiB dtab override and large
+/// cookies. Larger heads get 431.
+pub(crate) const MAX_HTTP1_HEAD_BYTES: usize = 64 * 1024;
 
 /// The HTTP server settings every listener uses.
 pub(crate) fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    // Request heads and idle connections are timed by `conn::watch`, which tells the two
+    // apart; hyper's own header timer would also close kept-alive connections.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(MAX_HTTP1_HEAD_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -128,11 +206,12 @@ pub(crate) fn http_builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Counters for one listener.
-#[derive(Debug, Clone)]
-pub(crate) struct ListenerMetrics {
-    pub(crate) open: Gauge,
-    pub(crate) accepted: Counter,
+/// Where a listener's connections come from.
+pub(crate) enum Incoming {
+    Plain(TcpListener),
+    /// Handshakes complete in their own tasks, with a timeout and a cap on how many are in
+    /// progress, so a client that opens a TLS connection and says nothing holds up nobody.
+    Tls(TlsIncoming),
 }
 
 /// Resolves once `shutdown` holds `true` (never, if its sender is gone while it is false).
@@ -144,49 +223,102 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Accepts connections on `listener` until `shutdown` turns true; then every connection is
-/// asked to finish (HTTP/1.1 closes after the response in flight, HTTP/2 sends GOAWAY). Each
-/// connection holds a clone of `drained` until it is gone, so that the caller can wait for
-/// all of them.
+impl Incoming {
+    /// The address connections are accepted on.
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Incoming::Plain(listener) => listener.local_addr(),
+            Incoming::Tls(incoming) => Ok(incoming.local_addr()),
+        }
+    }
+}
+
+/// Where `stream` was headed before the kernel redirected it to this listener: `None` when
+/// it was not redirected (the address it names is the listener's own, or there is none).
+pub(crate) fn original_dst(stream: &TcpStream, local: SocketAddr) -> Option<SocketAddr> {
+    #[cfg(target_os = "linux")]
+    {
+        let socket = socket2::SockRef::from(stream);
+        let found = if local.is_ipv4() { socket.original_dst_v4() } else { socket.original_dst_v6() };
+        found.ok().and_then(|addr| addr.as_socket()).filter(|addr| *addr != local && addr.port() != 0)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (stream, local);
+        None
+    }
+}
+
+/// What TLS says about the client of `stream`.
+fn tls_peer(stream: &TlsStream<TcpStream>) -> TlsPeer {
+    let session = stream.get_ref().1;
+    TlsPeer {
+        server_name: session.server_name().map(str::to_string),
+        alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+        certificates: session.peer_certificates().map(|certs| certs.to_vec()).unwrap_or_default(),
+    }
+}
+
+/// Accepts connections on `incoming` until `shutdown` turns true, within the listener's
+/// connection limit; then every connection is asked to finish (HTTP/1.1 closes after the
+/// response in flight, HTTP/2 sends GOAWAY). Each connection holds a clone of `drained`
+/// until it is gone, so that the caller can wait for all of them.
 pub(crate) async fn serve(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    mut incoming: Incoming,
     proxy: Arc<ListenerProxy>,
+    connections: Arc<Connections>,
     drained: mpsc::Sender<()>,
     shutdown: watch::Receiver<bool>,
-    metrics: ListenerMetrics,
+    read_original_dst: bool,
 ) {
     let builder = Arc::new(http_builder());
+    let local = incoming.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let mut stop = shutdown.clone();
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+        let (stream, peer, tls, original) = match &mut incoming {
+            Incoming::Plain(listener) => tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        // Requests are small and latency matters more than packet count.
+                        let _ = stream.set_nodelay(true);
+                        let original = read_original_dst.then(|| original_dst(&stream, local)).flatten();
+                        (Either::Left(stream), peer, None, original)
+                    }
+                    Err(e) => {
+                        let pause = connections.accept_failed(&e);
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
+                },
+                _ = stopped(&mut stop) => break,
             },
-            _ = stopped(&mut stop) => break,
+            Incoming::Tls(tls) => tokio::select! {
+                accepted = tls.accept() => match accepted {
+                    Some((stream, peer)) => {
+                        let tcp = stream.get_ref().0;
+                        let _ = tcp.set_nodelay(true);
+                        let original = read_original_dst.then(|| original_dst(tcp, local)).flatten();
+                        let peer_tls = tls_peer(&stream);
+                        (Either::Right(stream), peer, Some(peer_tls), original)
+                    }
+                    None => break,
+                },
+                _ = stopped(&mut stop) => break,
+            },
         };
-        let _ = stream.set_nodelay(true);
-        metrics.accepted.inc();
-        metrics.open.inc();
-        let (proxy, builder, open) = (proxy.clone(), builder.clone(), metrics.open.clone());
+        if !connections.make_room() {
+            tracing::debug!(%peer, "refused: at the connection limit with every connection busy");
+            continue;
+        }
+        let info = connections.open(peer, local, tls, original);
+        let (proxy, builder) = (proxy.clone(), builder.clone());
         let (drained, mut shutdown) = (drained.clone(), shutdown.clone());
-        let tls = tls.clone();
         tokio::spawn(
             async move {
-                match tls {
-                    None => serve_connection(stream, &builder, proxy, &mut shutdown).await,
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(stream) => serve_connection(stream, &builder, proxy, &mut shutdown).await,
-                        Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
-                    },
+                match stream {
+                    Either::Left(tcp) => serve_connection(tcp, &builder, proxy, info, &mut shutdown).await,
+                    Either::Right(tls) => serve_connection(tls, &builder, proxy, info, &mut shutdown).await,
                 }
-                open.dec();
                 drop(drained);
             }
             .instrument(tracing::debug_span!("conn", %peer)),
@@ -194,29 +326,44 @@ pub(crate) async fn serve(
     }
 }
 
-/// Serves HTTP on one connection until it closes, or, after `shutdown` turns true, until the
-/// requests in flight are answered.
+/// Serves HTTP on one connection until it closes, its timeouts pass, the listener sheds it,
+/// or, after `shutdown` turns true, until the requests in flight are answered.
 async fn serve_connection<S>(
     stream: S,
     builder: &auto::Builder<TokioExecutor>,
     proxy: Arc<ListenerProxy>,
+    info: Arc<ConnectionInfo>,
     shutdown: &mut watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let io = TokioIo::new(Watched::new(stream, info.clone()));
+    let conn_info = info.clone();
     // Boxed: hyper keeps room for the service future in every connection, idle or not; a
     // box costs one allocation per request instead of ~3 KiB per connection.
-    let service = service_fn(move |req| -> BoxFuture<'static, _> { Box::pin(proxy.clone().serve(req)) });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = stopped(shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with an error");
+    let service = service_fn(move |mut req: Request<hyper::body::Incoming>| -> BoxFuture<'static, _> {
+        let in_flight = conn_info.request_started();
+        req.extensions_mut().insert(conn_info.clone());
+        let response = proxy.clone().serve(req);
+        Box::pin(async move {
+            let response: Response<ResponseBody> = response.await?;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+        })
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    conn::watch(conn, |conn| conn.graceful_shutdown(), &info, stopped(shutdown)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_made_to_the_listener_itself_has_no_original_destination() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(local).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert_eq!(original_dst(&accepted, local), None);
     }
 }

@@ -123,29 +123,55 @@ async fn router_for(dtab: &str, extra: &str) -> Router {
 }
 
 #[tokio::test]
-async fn a_routing_loop_ends_at_the_call_depth_limit() {
+async fn a_routing_loop_ends_at_the_call_depth_limit_before_any_header_limit() {
     let web = upstream("web").await;
     let resolver = TestResolver::new("/svc => /$/nil");
-    let router = router(config("listeners:\n  - port: 0\n    max_call_depth: 5\n"), resolver.clone()).await;
-    // A dtab mistake: the loop sends requests back to this very router.
-    resolver.set_dtab(&format!("/svc/loop => /$/inet/127.0.0.1/{}; /svc/web => {}", router.addr().port(), web.id()));
+    // Two listeners of one router, each sending the name to the other: a loop no single hop
+    // can see. The default limit must stop it, not a server's limit on headers.
+    let yaml = "listeners:\n  - port: 0\n    name: out\n    dst_prefix: /out\n  - port: 0\n    name: in\n    dst_prefix: /in\n";
+    let router = router(config(yaml), resolver.clone()).await;
+    let (out, inbound) = (router.addrs[0], router.addrs[1]);
+    resolver.set_dtab(&format!(
+        "/out/loop => /$/inet/127.0.0.1/{}; /in/loop => /$/inet/127.0.0.1/{}; /out/web => {}",
+        inbound.port(),
+        out.port(),
+        web.id()
+    ));
     let client = h1();
-    let looped = get(&client, router.addr(), "loop", &[]).await;
+    let looped = get(&client, out, "loop", &[]).await;
     assert_eq!(looped.status, StatusCode::BAD_REQUEST, "{}", looped.text());
     assert!(
-        looped.text().contains("the request has passed 6 proxies (by its Via header), more than the limit of 5"),
+        looped.text().contains("the request has passed 101 proxies (by its Via header), more than the limit of 100"),
         "{}",
         looped.text()
     );
     assert!(looped.headers.contains_key("l5d-err"));
     // Refused once, by the hop that found the loop; the hops before it passed the 400 back.
     let (_, metrics) = admin_get(router.admin, "/metrics").await;
-    let series = r#"router_refused_requests_total{listener="outbound",reason="call_depth"}"#;
-    assert_eq!(metric(&metrics, series), Some(1.0), "{metrics}");
+    let refused = |listener: &str| {
+        metric(&metrics, &format!(r#"router_refused_requests_total{{listener="{listener}",reason="call_depth"}}"#))
+    };
+    assert_eq!(refused("out").unwrap_or(0.0) + refused("in").unwrap_or(0.0), 1.0, "{metrics}");
     // Everything else is served.
-    let got = get(&client, router.addr(), "web", &[]).await;
+    let got = get(&client, out, "web", &[]).await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.seen("via").as_deref(), Some("1.1 waymark"));
+}
+
+#[tokio::test]
+async fn a_router_sent_to_its_own_listener_refuses_without_a_hop() {
+    let web = upstream("web").await;
+    let resolver = TestResolver::new(&format!("/svc/web => {}", web.id()));
+    let router = router(config(""), resolver).await;
+    let override_ = format!("/svc/web => /$/inet/127.0.0.1/{}", router.addr().port());
+    let client = h1();
+    let looped = get(&client, router.addr(), "web", &[("l5d-dtab", &override_)]).await;
+    assert_eq!(looped.status, StatusCode::BAD_GATEWAY, "{}", looped.text());
+    assert!(looped.text().contains("this router's own listener"), "{}", looped.text());
+    let (_, metrics) = admin_get(router.admin, "/metrics").await;
+    let accepted = metric(&metrics, r#"router_server_accepted_connections_total{listener="outbound"}"#);
+    assert_eq!(accepted, Some(1.0), "the router never connected to itself: {metrics}");
+    assert_eq!(get(&client, router.addr(), "web", &[]).await.status, StatusCode::OK);
 }
 
 #[tokio::test]

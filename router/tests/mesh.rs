@@ -172,6 +172,19 @@ struct RunningNamer {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Accepted connections with Nagle's algorithm off, as a namer's should be: otherwise each
+/// new stream's answer waits for a delayed ACK (about 40 ms).
+fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    use futures::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}
+
 async fn start_namer(addr: SocketAddr, dtab: &str) -> RunningNamer {
     let (dtab_tx, dtab_rx) = watch::channel((1, dtab.parse().unwrap()));
     let (dying_tx, dying_rx) = watch::channel(false);
@@ -183,7 +196,7 @@ async fn start_namer(addr: SocketAddr, dtab: &str) -> RunningNamer {
             .add_service(InterpreterServer::new(namer.clone()))
             .add_service(ResolverServer::new(namer.clone()))
             .add_service(DelegatorServer::new(namer))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(nodelay(listener), async move {
                 until_true(&mut stop).await;
             })
             .await
@@ -281,5 +294,50 @@ async fn routes_through_the_namer_and_survives_its_loss_and_return() {
     assert_eq!(metric(&metrics, "router_namer_connected "), Some(1.0));
     assert!(metric(&metrics, "router_namer_reconnects_total").unwrap() >= 1.0);
     namer.stop().await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn override_churn_leaves_plain_traffic_its_last_known_route_when_the_namer_goes() {
+    let web = upstream("web").await;
+    let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let namer_addr = free.local_addr().unwrap();
+    drop(free);
+    let namer = start_namer(namer_addr, &format!("/svc/web => {}", web.id())).await;
+    let cfg = config(&format!(
+        "interpreter:\n  kind: mesh\n  dst: {namer_addr}\n  namespace: default\n  retry_base_ms: 20\n  retry_max_ms: 100\n\
+         binding_cache:\n  max_bindings: 50\n  max_override_bindings: 20\n  max_override_total_bytes: 65536\n"
+    ));
+    let app = waymark_router::App::build(cfg).await.unwrap();
+    let (addr, admin) = (app.listener_addrs()[0], app.admin_addr());
+    let task = tokio::spawn(app.run(std::future::pending()));
+    let client = h1();
+    assert_eq!(get(&client, addr, "web", &[]).await.status, StatusCode::OK);
+
+    // A client sends far more distinct overrides than the router keeps, some of them large.
+    let padding = "a".repeat(6_000);
+    for i in 0..300 {
+        let dtab = if i % 10 == 0 { format!("/x{i} => /{padding}") } else { format!("/x{i} => /y") };
+        let got = get(&client, addr, "web", &[("l5d-dtab", &dtab)]).await;
+        assert_eq!(got.status, StatusCode::OK, "override {i}: {}", got.text());
+    }
+    let (_, metrics) = admin_get(admin, "/metrics").await;
+    assert!(metric(&metrics, "router_override_bindings ").unwrap() <= 20.0, "{metrics}");
+    assert!(metric(&metrics, "router_override_binding_bytes ").unwrap() <= 65536.0, "{metrics}");
+
+    // The namer goes away: plain traffic still has the binding it had before the churn.
+    namer.stop().await;
+    assert!(
+        eventually(100, || async {
+            let (_, m) = admin_get(admin, "/metrics").await;
+            metric(&m, "router_namer_connected ") == Some(0.0)
+        })
+        .await
+    );
+    for _ in 0..10 {
+        let got = get(&client, addr, "web", &[]).await;
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+        assert_eq!(got.upstream(), "web");
+    }
     task.abort();
 }

@@ -35,19 +35,6 @@ async fn http1_routes_by_host_and_adds_linkerd_headers() {
 }
 
 #[tokio::test]
-async fn http2_prior_knowledge_goes_upstream_as_http2() {
-    let web = upstream("web").await;
-    // HTTP/2 clients send :authority, which the router names the request by.
-    let resolver = TestResolver::new(&format!("/svc/127.0.0.1 => {}", web.id()));
-    let router = router(config(""), resolver).await;
-    let client = h2();
-    let req = Request::get(format!("http://{}/x", router.addr())).body(Full::new(Bytes::new())).unwrap();
-    let got = send(&client, req).await;
-    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
-    assert_eq!(got.json()["version"], "HTTP/2.0");
-}
-
-#[tokio::test]
 async fn bodies_stream_through_in_both_directions() {
     let web = upstream("web").await;
     let resolver = TestResolver::new(&format!("/svc/web => {}", web.id()));
@@ -379,7 +366,7 @@ async fn websocket_style_upgrades_pass_through() {
 #[tokio::test]
 async fn distinct_overrides_are_bounded_by_the_binding_cache() {
     let web = upstream("web").await;
-    let cfg = config("binding_cache:\n  max_bindings: 10\n");
+    let cfg = config("binding_cache:\n  max_override_bindings: 10\n");
     let router = router(cfg, TestResolver::new(&format!("/svc/web => {}", web.id()))).await;
     let client = h1();
     for i in 0..100 {
@@ -387,8 +374,43 @@ async fn distinct_overrides_are_bounded_by_the_binding_cache() {
         assert_eq!(get(&client, router.addr(), "web", &[("l5d-dtab", &dtab)]).await.status, StatusCode::OK);
     }
     let (_, metrics) = admin_get(router.admin, "/metrics").await;
-    let bindings = metric(&metrics, "router_bindings ").unwrap();
+    let bindings = metric(&metrics, "router_override_bindings ").unwrap();
     assert!(bindings <= 10.0, "{bindings}");
+}
+
+#[tokio::test]
+async fn concurrent_new_overrides_beyond_twice_the_limit_are_refused_and_plain_traffic_is_not() {
+    let web = upstream("web").await;
+    let resolver = TestResolver::new(&format!("/svc/web => {}", web.id()));
+    let cfg = config("binding_timeout_ms: 3000\nbinding_cache:\n  max_override_bindings: 5\n");
+    let router = router(cfg, resolver.clone()).await;
+    assert_eq!(get(&h1(), router.addr(), "web", &[]).await.status, StatusCode::OK);
+    // Bindings made from now on stay pending, so every request below holds its binding.
+    resolver.pending.store(true, Ordering::SeqCst);
+    let addr = router.addr();
+    let requests: Vec<_> = (0..30)
+        .map(|i| {
+            tokio::spawn(async move {
+                let dtab = format!("/x{i} => /y");
+                get(&h1(), addr, "web", &[("l5d-dtab", &dtab)]).await
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for request in requests {
+        let got = request.await.unwrap();
+        if got.status == StatusCode::SERVICE_UNAVAILABLE && got.text().contains("too many distinct dtab overrides") {
+            refused += 1;
+        } else {
+            assert!(got.text().contains("binding timeout"), "{}: {}", got.status, got.text());
+        }
+    }
+    assert_eq!(refused, 20, "at most twice the limit of 5 exist at once");
+    // The plain binding is untouched, and served throughout.
+    assert_eq!(get(&h1(), addr, "web", &[]).await.status, StatusCode::OK);
+    let (_, metrics) = admin_get(router.admin, "/metrics").await;
+    let series = r#"router_refused_requests_total{listener="outbound",reason="overrides_busy"}"#;
+    assert_eq!(metric(&metrics, series), Some(20.0), "{metrics}");
 }
 
 #[tokio::test]

@@ -785,27 +785,24 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// Exponential backoff between reconnection attempts, from 50 ms up to a maximum.
+/// Exponential backoff between reconnection attempts, from 50 ms up to a maximum, jittered
+/// so that a fleet of namers that lost etcd together does not reconnect in lock step.
 #[derive(Debug)]
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
+struct Backoff(waymark_random::Attempts);
 
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(50);
 
     fn new(max: Duration) -> Self {
-        Backoff { next: Backoff::FIRST, max }
+        Backoff(waymark_random::Backoff::new(Backoff::FIRST, max).attempts())
     }
 
     fn reset(&mut self) {
-        self.next = Backoff::FIRST;
+        self.0.reset();
     }
 
     async fn wait(&mut self) {
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(self.max);
+        tokio::time::sleep(self.0.next_delay()).await;
     }
 }
 
@@ -884,15 +881,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn backoff_doubles_up_to_its_maximum() {
+    async fn backoff_doubles_up_to_its_maximum_with_jitter() {
         let mut backoff = Backoff::new(Duration::from_millis(300));
         let start = tokio::time::Instant::now();
         for _ in 0..5 {
             backoff.wait().await;
         }
-        // 50 + 100 + 200 + 300 + 300
-        assert_eq!(start.elapsed(), Duration::from_millis(950));
+        // Each wait lies between half and all of 50, 100, 200, 300, 300.
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(475) && elapsed <= Duration::from_millis(950), "{elapsed:?}");
         backoff.reset();
-        assert_eq!(backoff.next, Backoff::FIRST);
+        assert_eq!(backoff.0.failures(), 0);
     }
 }

@@ -1,10 +1,11 @@
-//! Test helpers shared by the workspace's test suites: a real etcd server on loopback, a TCP
-//! proxy that can cut connections on demand, throwaway certificates, free loopback ports and
-//! test logging.
+//! Test helpers shared by the workspace's test suites: a real etcd server on loopback, a fake
+//! Kubernetes API server, a TCP proxy that can cut connections on demand, throwaway
+//! certificates, free loopback ports and test logging.
 //!
 //! Only leaf crates are dependencies, so any crate can use this one in `[dev-dependencies]`.
 
 mod etcd;
+pub mod kube;
 mod pki;
 mod proxy;
 

@@ -18,9 +18,14 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, command: &mut Command) -> Self {
+    pub fn spawn(name: &str, command: &mut Command) -> Self {
         let child = command.stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
         Process { name: name.to_string(), child: Some(child) }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the process at once (SIGKILL): no goodbye to anyone.
@@ -52,7 +57,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Waits until something accepts connections at `addr`, checking that `process` still runs.
-fn wait_listening(process: &mut Process, addr: SocketAddr) {
+pub fn wait_listening(process: &mut Process, addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
         process.check_running();

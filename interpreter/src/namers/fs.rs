@@ -101,7 +101,8 @@ impl std::fmt::Debug for FsNamer {
 }
 
 impl FsConfig {
-    pub(super) fn validate(&self, at: &str, problems: &mut Vec<ConfigProblem>) {
+    /// Adds every problem with these settings; `at` is the key path of the namer.
+    pub fn validate(&self, at: &str, problems: &mut Vec<ConfigProblem>) {
         if self.root_dir.as_os_str().is_empty() {
             problems.push(ConfigProblem { at: format!("{at}.root_dir"), message: "may not be empty".into() });
         }
@@ -113,8 +114,9 @@ impl FsConfig {
 
 impl FsNamer {
     /// Scans the directory once, then keeps watching it in the background for as long as the
-    /// namer is alive.
-    pub async fn start(config: FsConfig, dns: Dns) -> Result<Arc<dyn ServiceNamer>, String> {
+    /// namer is alive. It always starts: a directory it cannot read yet is reported in
+    /// [`ServiceNamer::health`] and read again on every scan.
+    pub async fn start(config: FsConfig, dns: Dns) -> Arc<dyn ServiceNamer> {
         let namer = Arc::new(FsNamer {
             root: config.root_dir.clone(),
             dns,
@@ -141,7 +143,7 @@ impl FsNamer {
         let poll = Duration::from_millis(config.poll_interval_ms.max(1));
         let span = info_span!("fs_namer", root = %config.root_dir.display());
         tokio::spawn(watch_loop(Arc::downgrade(&namer), watcher, notify_rx, poll).instrument(span));
-        Ok(namer)
+        namer
     }
 
     /// Reads every file and updates the names and address sets that changed. What cannot be
@@ -455,7 +457,7 @@ mod tests {
         std::fs::write(dir.path().join("api/v2"), "127.0.0.1 9090 * 3\n").unwrap();
         std::fs::write(dir.path().join(".web.swp"), "garbage").unwrap();
         let config = FsConfig { prefix: default_prefix(), root_dir: dir.path().into(), poll_interval_ms: 50 };
-        let namer = FsNamer::start(config, Dns::from_system()).await.unwrap();
+        let namer = FsNamer::start(config, Dns::from_system()).await;
         let p = |s: &str| s.parse::<Path>().unwrap();
 
         assert_eq!(namer.names().unwrap(), vec![p("/api/v2"), p("/web")]);
@@ -499,7 +501,7 @@ mod tests {
         std::fs::create_dir(&root).unwrap();
         std::fs::write(root.join("web"), "127.0.0.1 8080\n").unwrap();
         let config = FsConfig { prefix: default_prefix(), root_dir: root.clone(), poll_interval_ms: 20 };
-        let namer = FsNamer::start(config, Dns::from_system()).await.unwrap();
+        let namer = FsNamer::start(config, Dns::from_system()).await;
         let p = |s: &str| s.parse::<Path>().unwrap();
         let web = namer.resolve(&p("/web"));
         assert!(matches!(*web.borrow(), Addr::Bound { .. }));

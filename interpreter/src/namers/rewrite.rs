@@ -62,7 +62,8 @@ fn substitute(name: &str, captures: &BTreeMap<String, String>) -> String {
 }
 
 impl RewriteConfig {
-    pub(super) fn validate(&self, at: &str, problems: &mut Vec<ConfigProblem>) {
+    /// Adds every problem with these settings; `at` is the key path of the namer.
+    pub fn validate(&self, at: &str, problems: &mut Vec<ConfigProblem>) {
         if self.pattern.split('/').all(str::is_empty) {
             problems.push(ConfigProblem { at: format!("{at}.pattern"), message: "may not be empty".into() });
         }

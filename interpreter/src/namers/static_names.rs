@@ -25,6 +25,26 @@ fn default_prefix() -> String {
     "/io.l5d.static".to_string()
 }
 
+/// A static name or address that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidStaticName {
+    /// The name is not a path.
+    #[error("the name {0:?} has an empty label")]
+    EmptyLabel(String),
+    /// The name is empty.
+    #[error("a name may not be empty")]
+    Empty,
+    /// An address is not `ip:port`.
+    #[error("{address:?} is not ip:port")]
+    Address {
+        /// The address as configured.
+        address: String,
+        /// Why it does not parse.
+        #[source]
+        source: std::net::AddrParseError,
+    },
+}
+
 /// The namer: fixed names, fixed addresses. Host names are not allowed here; a dtab can
 /// send a name to `/$/inet/<host>/<port>` for DNS.
 #[derive(Debug)]
@@ -34,16 +54,20 @@ pub struct StaticNamer {
 }
 
 impl StaticConfig {
-    pub(super) fn validate(&self, at: &str, problems: &mut Vec<ConfigProblem>) {
+    /// Adds every problem with these settings; `at` is the key path of the namer.
+    pub fn validate(&self, at: &str, problems: &mut Vec<ConfigProblem>) {
         for (name, addrs) in &self.names {
-            if let Err(message) = name_path(name) {
-                problems.push(ConfigProblem { at: format!("{at}.names.{name}"), message });
+            if let Err(e) = name_path(name) {
+                problems.push(ConfigProblem { at: format!("{at}.names.{name}"), message: e.to_string() });
             }
             for (i, addr) in addrs.iter().enumerate() {
-                if let Err(e) = addr.parse::<SocketAddr>() {
+                if let Err(e) = parse_address(addr) {
                     problems.push(ConfigProblem {
                         at: format!("{at}.names.{name}[{i}]"),
-                        message: format!("{addr:?} is not ip:port ({e})"),
+                        message: format!(
+                            "{e} ({})",
+                            std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+                        ),
                     });
                 }
             }
@@ -51,23 +75,25 @@ impl StaticConfig {
     }
 }
 
-fn name_path(name: &str) -> Result<Path, String> {
-    let path = Path::utf8(name.trim_matches('/').split('/')).map_err(|_| format!("{name:?} has an empty label"))?;
+fn name_path(name: &str) -> Result<Path, InvalidStaticName> {
+    let path =
+        Path::utf8(name.trim_matches('/').split('/')).map_err(|_| InvalidStaticName::EmptyLabel(name.to_string()))?;
     if path.is_empty() {
-        return Err("a name may not be empty".to_string());
+        return Err(InvalidStaticName::Empty);
     }
     Ok(path)
 }
 
+fn parse_address(address: &str) -> Result<SocketAddr, InvalidStaticName> {
+    address.parse().map_err(|source| InvalidStaticName::Address { address: address.to_string(), source })
+}
+
 impl StaticNamer {
     /// The namer for `config`.
-    pub fn new(config: &StaticConfig) -> Result<Self, String> {
+    pub fn new(config: &StaticConfig) -> Result<Self, InvalidStaticName> {
         let mut names = BTreeMap::new();
         for (name, addrs) in &config.names {
-            let addrs = addrs
-                .iter()
-                .map(|a| a.parse::<SocketAddr>().map_err(|e| format!("{a:?} is not ip:port ({e})")))
-                .collect::<Result<Vec<_>, _>>()?;
+            let addrs = addrs.iter().map(|a| parse_address(a)).collect::<Result<Vec<_>, _>>()?;
             names.insert(name_path(name)?, Addr::bound(addrs));
         }
         Ok(StaticNamer { names, changes: watch::Sender::new(0) })
