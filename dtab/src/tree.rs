@@ -90,9 +90,17 @@ impl Hash for Weight {
 
 impl fmt::Display for Weight {
     /// Java's `%.2f`, as the reference prints weights: round half up on the shortest decimal
-    /// form of the number, and always a `.`.
+    /// form of the number, and always a `.`. One exception keeps what a dtab means when it is
+    /// read back: a weight above zero that `%.2f` would print as `0.00` (which reads back as a
+    /// branch that never gets traffic) prints in its shortest exact decimal form instead,
+    /// such as `0.001`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&format_two_decimals(self.0))
+        let two = format_two_decimals(self.0);
+        if self.0 > 0.0 && two == "0.00" {
+            // Never in exponent form; below 0.005 it always has more than two decimals.
+            return write!(f, "{}", self.0);
+        }
+        f.write_str(&two)
     }
 }
 
@@ -420,7 +428,11 @@ mod tests {
             (99.995, "100.00"),
             (0.333, "0.33"),
             (2.5, "2.50"),
-            (1e-7, "0.00"),
+            (0.005, "0.01"),
+            // Above zero, never printed as zero: that would turn the branch off.
+            (0.004, "0.004"),
+            (0.001, "0.001"),
+            (1e-7, "0.0000001"),
         ];
         for (w, want) in cases {
             assert_eq!(Weight::new(w).unwrap().to_string(), want, "weight {w}");
@@ -428,6 +440,18 @@ mod tests {
         assert!(Weight::new(-1.0).is_err());
         assert!(Weight::new(f64::INFINITY).is_err());
         assert!(Weight::new(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn tiny_weights_keep_their_meaning_through_print_and_parse() {
+        for w in [0.001, 0.0049, 1e-7, 3e-12] {
+            let tree = NameTree::Union(vec![
+                Weighted::new(Weight::new(w).unwrap(), t("/canary")),
+                Weighted::new(Weight::DEFAULT, t("/main")),
+            ]);
+            let again: NameTree<Path> = tree.to_string().parse().unwrap();
+            assert_eq!(again, tree, "{tree}");
+        }
     }
 
     #[test]

@@ -660,3 +660,18 @@ async fn history_is_paged_and_the_store_is_bounded() {
     assert!(fourth.text().await.unwrap().contains("max_namespaces"));
     namer.stop().await;
 }
+
+/// A tiny weight survives a read and a write-back: it is not printed as `0.00`, which would
+/// read back as a branch that never gets traffic.
+#[tokio::test]
+async fn tiny_weights_survive_a_read_and_write_back() {
+    let namer = common::start("{}").await;
+    let put = write(&namer, reqwest::Method::PUT, "web", "/svc => 0.001*/canary & /main", None).await;
+    let version = etag(&put);
+    let (status, text) = dtab_text(&namer, "web").await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "/svc=>0.001*/canary & /main\n"));
+    let back = write(&namer, reqwest::Method::PUT, "web", &text, Some(&version)).await;
+    assert_eq!(back.status(), StatusCode::NO_CONTENT);
+    assert_eq!(dtab_text(&namer, "web").await.1, text);
+    namer.stop().await;
+}

@@ -24,7 +24,8 @@
 //! take an already parsed [`waymark_dtab::Dtab`] and store its canonical text, so a write is
 //! [`StoreError::Invalid`] only when that text is longer than [`MAX_DTAB_BYTES`] or does not
 //! parse (possible only for a dtab built in code with no text form). The canonical text prints
-//! weights with two decimals, as namerd does, and what every store keeps and serves is the dtab
+//! weights with two decimals, as namerd does (except that a weight above zero never prints as
+//! `0.00`), and what every store keeps and serves is the dtab
 //! that text stands for (`0.333` is kept as `0.33`). Backing data changed outside the store is
 //! the other source: a file or etcd value that does not parse makes `get` return
 //! [`StoreError::Invalid`] with the parse error, while watches keep the last good dtab and the
