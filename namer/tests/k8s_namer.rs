@@ -437,3 +437,51 @@ async fn load_balancer_addresses_bind_through_io_l5d_k8s_external() {
     until(&mut by_number, "the load balancer", |a| endpoints(a).is_some_and(|e| e.len() == 2)).await;
     namer.stop().await;
 }
+
+#[tokio::test]
+async fn an_endpoint_whose_pod_cannot_be_read_waits_and_readiness_says_why() {
+    let fake = FakeApiServer::start().unwrap();
+    let ns = "default";
+    put_service(&fake, ns, "web", http_port());
+    for pod in ["web-1", "web-2"] {
+        fake.create(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": ns, "labels": {"app": "web", "waymark.io/control-plane-ns": "waymark"}},
+            "spec": {"serviceAccountName": "web", "containers": [{"name": "app", "image": "web"}]}}))
+        .unwrap();
+    }
+    let endpoint = |ip: &str, pod: &str| json!({"addresses": [ip], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "namespace": ns, "name": pod}});
+    put_slice(&fake, ns, "web", "web-a", "IPv4", slice_http_port(8080), json!([endpoint("10.6.0.1", "web-1")]));
+    let namer = namer_on(&fake, "").await;
+    let mut stream = replicas(&namer, "/#/io.l5d.k8s/default/http/web").await;
+    until(&mut stream, "the first endpoint", |a| endpoints(a) == set(&["10.6.0.1:8080"])).await;
+
+    // The namer may no longer read pods: a new endpoint waits rather than go out without
+    // its identity, and the known one stays.
+    for verb in ["get", "list"] {
+        fake.deny(waymark_test_support::kube::AccessRule::deny(verb, "", "pods"));
+    }
+    put_slice(
+        &fake,
+        ns,
+        "web",
+        "web-a",
+        "IPv4",
+        slice_http_port(8080),
+        json!([endpoint("10.6.0.1", "web-1"), endpoint("10.6.0.2", "web-2")]),
+    );
+    let ready_url = format!("http://{}/ready", namer.admin);
+    wait_for("readiness to name the pod", async || {
+        let response = reqwest::get(&ready_url).await.unwrap();
+        response.status() == 503 && response.text().await.unwrap().contains("cannot read pod default/web-2")
+    })
+    .await;
+    let delivered = delivered_within(&mut stream, Duration::from_millis(500)).await;
+    assert!(delivered.iter().all(|a| endpoints(a) == set(&["10.6.0.1:8080"])), "{delivered:?}");
+
+    fake.allow_all();
+    let both = until(&mut stream, "the second endpoint", |a| endpoints(a).is_some_and(|e| e.len() == 2)).await;
+    let Addr::Bound { addrs, .. } = both else { unreachable!() };
+    assert!(addrs.iter().all(|a| a.meta["identity"] == "web.default.serviceaccount.identity.waymark.example.org"));
+    wait_for("readiness again", async || reqwest::get(&ready_url).await.unwrap().status() == 200).await;
+    namer.stop().await;
+}
