@@ -372,3 +372,34 @@ fn rollback_is_a_compare_and_swap_on_the_version_it_read() {
     assert_eq!(header_of(&put, "waymark-message").as_deref(), Some("rollback to AAAAAAAAAAI="));
     assert_eq!(header_of(&put, "waymark-author").as_deref(), Some("tester"));
 }
+
+/// A namer that answers with more than ureq's default 10 MB is read (up to the tool's own
+/// limit), and past that limit the answer is refused as too large, not as "cannot reach".
+#[test]
+fn a_large_answer_is_read_and_one_too_large_is_refused_as_such() {
+    // 600,000 namespaces: a 13 MB list.
+    let names: Vec<String> = (0..600_000).map(|i| format!("namespace-{i:010}")).collect();
+    let list = serde_json::to_string(&names).unwrap();
+    assert!(list.len() > 12 * 1024 * 1024);
+    let router = Router::new().route(
+        "/api/1/dtabs",
+        get(move || {
+            let list = list.clone();
+            async move { ([(header::CONTENT_TYPE, "application/json")], list) }
+        }),
+    );
+    let url = format!("http://{}", serve(router));
+    let listed = cli(&url, &["dtab", "list"]).run().ok();
+    assert_eq!(listed.stdout.lines().count(), 600_000);
+
+    let huge_url = format!(
+        "http://{}",
+        serve(Router::new().route(
+            "/api/1/dtabs",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], " ".repeat(65 * 1024 * 1024)) }),
+        ))
+    );
+    let refused = cli(&huge_url, &["dtab", "list"]).run().code(ERROR);
+    assert!(refused.stderr.contains("more than 64 MiB"), "{}", refused.stderr);
+    assert!(!refused.stderr.contains("cannot reach"), "{}", refused.stderr);
+}

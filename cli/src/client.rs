@@ -36,6 +36,16 @@ const NAMESPACE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(
 /// the rest of the dtab syntax are escaped.
 const QUERY_VALUE: &AsciiSet = NAMESPACE;
 
+/// The target of a `Link` header value's `rel="next"` link, as a path on the namer.
+fn next_link(value: &str) -> Option<String> {
+    value.split(',').find_map(|link| {
+        let (target, params) = link.trim().split_once(';')?;
+        let is_next = params.split(';').any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"));
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        (is_next && target.starts_with('/')).then(|| target.to_string())
+    })
+}
+
 /// Characters escaped in the history headers: the server percent-decodes them as UTF-8, and
 /// header values cannot hold control characters (non-ASCII is always escaped).
 const HEADER_TEXT: &AsciiSet = &CONTROLS.add(b'%');
@@ -186,8 +196,14 @@ pub struct Client {
 struct Reply {
     status: StatusCode,
     etag: Option<String>,
+    /// The `rel="next"` target of a `Link` header: the next page of a paged answer.
+    next: Option<String>,
     body: String,
 }
+
+/// The largest answer read from a namer. A history page, a delegation or a dtab is far
+/// smaller; past it the answer is refused as too large, not mistaken for a broken connection.
+const MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 enum Method {
@@ -454,8 +470,14 @@ impl Client {
         let mut response = result.map_err(|e| self.transport_failure(e))?;
         let status = response.status();
         let etag = response.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body = response.body_mut().read_to_string().map_err(|e| self.transport_failure(e))?;
-        Ok(Reply { status, etag, body })
+        let next = response.headers().get_all("link").iter().filter_map(|v| v.to_str().ok()).find_map(next_link);
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE_BYTES)
+            .read_to_string()
+            .map_err(|e| self.transport_failure(e))?;
+        Ok(Reply { status, etag, next, body })
     }
 
     fn transport_failure(&self, error: ureq::Error) -> Failure {
@@ -472,6 +494,16 @@ impl Client {
                 return Failure::new(Exit::Error, format!("invalid URL {uri}"));
             }
             ureq::Error::Http(e) => return Failure::new(Exit::Error, format!("invalid request: {e}")),
+            ureq::Error::BodyExceedsLimit(limit) => {
+                return Failure::new(
+                    Exit::Error,
+                    format!(
+                        "the namer at {} answered with more than {} MiB, more than this tool reads",
+                        self.base,
+                        limit / (1024 * 1024)
+                    ),
+                );
+            }
             other => other.to_string(),
         };
         Failure::new(Exit::Unreachable, format!("cannot reach the namer at {}: {why}", self.base))
@@ -560,13 +592,32 @@ impl Client {
 
     /// `GET /api/1/dtabs/<ns>/history`, newest first. namerd has no history: it answers 404,
     /// as for a namespace called `<ns>/history`, so a 404 is checked against the namespace.
+    /// A long history comes in pages, each naming the next in a `Link` header; every page is
+    /// read, and `raw` is then one array of every entry.
     pub fn history(&self, ns: &str) -> Result<History, Failure> {
         let path = format!("/api/1/dtabs/{}/history", segment(ns));
         let reply = self.call(Method::Get, &path, &[("accept", "application/json".into())], None)?;
         match reply.status {
             StatusCode::OK => {
-                let entries = parse_json(&reply.body, "a history")?;
-                Ok(History { raw: reply.body, entries })
+                let mut entries: Vec<HistoryEntry> = parse_json(&reply.body, "a history")?;
+                let (mut raw, mut next) = (reply.body, reply.next);
+                let mut pages: Vec<serde_json::Value> = Vec::new();
+                while let Some(page) = next.take() {
+                    if pages.is_empty() {
+                        pages.extend(parse_json::<Vec<serde_json::Value>>(&raw, "a history")?);
+                    }
+                    let more = self.call(Method::Get, &page, &[("accept", "application/json".into())], None)?;
+                    if more.status != StatusCode::OK {
+                        return Err(more.unexpected());
+                    }
+                    entries.extend(parse_json::<Vec<HistoryEntry>>(&more.body, "a history")?);
+                    pages.extend(parse_json::<Vec<serde_json::Value>>(&more.body, "a history")?);
+                    next = more.next;
+                }
+                if !pages.is_empty() {
+                    raw = format!("{}\n", serde_json::Value::Array(pages));
+                }
+                Ok(History { raw, entries })
             }
             // A namespace that never existed, or a namer without history: ask which.
             StatusCode::NOT_FOUND => match self.get(ns) {
@@ -721,6 +772,17 @@ mod tests {
             query("/svc=>/#/io.l5d.fs;/a=>1.00*/b & /c"),
             "/svc%3D%3E/%23/io.l5d.fs%3B/a%3D%3E1.00%2A/b%20%26%20/c"
         );
+    }
+
+    #[test]
+    fn the_next_page_is_read_from_the_link_header() {
+        assert_eq!(
+            next_link(r#"</api/1/dtabs/web/history?offset=20&limit=20>; rel="next""#).as_deref(),
+            Some("/api/1/dtabs/web/history?offset=20&limit=20")
+        );
+        assert_eq!(next_link(r#"</a>; rel="prev", </b>; rel=next"#).as_deref(), Some("/b"));
+        assert_eq!(next_link(r#"<http://elsewhere/b>; rel="next""#), None);
+        assert_eq!(next_link("garbage"), None);
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub struct Address {
 /// The metadata key carrying a per-address load-balancing weight (Linkerd 1's name).
 pub const ADDR_WEIGHT_KEY: &str = "endpoint_addr_weight";
 
+/// The metadata key carrying the protocol an address speaks, as Kubernetes names it in a
+/// port's `appProtocol` (such as `kubernetes.io/h2c`): what a router speaks to it.
+pub const APP_PROTOCOL_KEY: &str = "appProtocol";
+
 impl Addr {
     /// A bound set of plain socket addresses without metadata.
     pub fn bound(addrs: impl IntoIterator<Item = SocketAddr>) -> Self {

@@ -31,7 +31,7 @@ mod path;
 mod tree;
 mod work;
 
-pub use addr::{ADDR_WEIGHT_KEY, Addr, Address};
+pub use addr::{ADDR_WEIGHT_KEY, APP_PROTOCOL_KEY, Addr, Address};
 pub use bind::{
     Alternatives, BindError, BindOptions, BindOutcome, Binding, BoundLeaf, BoundName, DEFAULT_MAX_DEPTH, Lookup,
     MAX_LOOKUPS, MAX_RECURSION, MountError, Name, Namer, NamerLookup, Namers, bind, bind_path,

@@ -176,6 +176,7 @@ impl NamerApp {
             metrics: metrics.clone(),
             request_timeout: timeout,
             max_delegation_bytes: config.interpreter.max_delegation_bytes,
+            history_slots: Arc::new(tokio::sync::Semaphore::new(crate::http::HISTORY_PAGES_AT_ONCE)),
         };
         for server in http {
             info!(addr = ?server.local_addr(), tls = server.tls.is_some(), "namerd HTTP API listening");

@@ -605,3 +605,58 @@ async fn writes_a_web_page_could_send_are_refused() {
 async fn delete_plain(namer: &Namer) -> StatusCode {
     delete(namer, "web", None).await.status()
 }
+
+/// Finding 9: a long history of large dtabs is read a page at a time (each within a byte
+/// budget, the next offered in `Link`), and a store refuses more namespaces or bytes than its
+/// limits allow, saying which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_paged_and_the_store_is_bounded() {
+    let namer =
+        common::start("storage:\n  kind: memory\n  limits:\n    max_namespaces: 3\n    max_stored_bytes: 800000\n")
+            .await;
+    // 30 versions of a 300 KB dtab: 9 MB of history, more than 30 MB as JSON.
+    let padding = "/x".repeat(150_000);
+    for i in 0..30 {
+        let put = write(&namer, reqwest::Method::PUT, "big", &format!("/svc=>/v{i}{padding}"), None).await;
+        assert_eq!(put.status(), StatusCode::NO_CONTENT);
+    }
+    let mut url = namer.url("/api/1/dtabs/big/history");
+    let mut versions = Vec::new();
+    let mut pages = 0;
+    loop {
+        let response = client().get(&url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let next = response.headers().get("link").map(|l| l.to_str().unwrap().to_string());
+        let body = response.text().await.unwrap();
+        assert!(body.len() < 6 * 1024 * 1024, "a page of {} bytes", body.len());
+        let page: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        versions.extend(page.iter().map(|e| e["version"].as_str().unwrap().to_string()));
+        pages += 1;
+        let Some(next) = next else { break };
+        let target = next.split_once('<').unwrap().1.split_once('>').unwrap().0;
+        url = namer.url(target);
+    }
+    assert!(pages > 3, "{pages} pages");
+    assert_eq!(versions.len(), 30);
+    let distinct: std::collections::HashSet<&String> = versions.iter().collect();
+    assert_eq!(distinct.len(), 30);
+    let small = client().get(namer.url("/api/1/dtabs/big/history?limit=2")).send().await.unwrap();
+    assert!(small.headers().get("link").unwrap().to_str().unwrap().contains("offset=2&limit=2"));
+
+    // Bytes: the 300 KB dtab and a second fit in 800 KB, a third does not.
+    for ns in ["b", "c"] {
+        let put = write(&namer, reqwest::Method::PUT, ns, &format!("/svc=>/a{padding}"), None).await;
+        if ns == "b" {
+            assert_eq!(put.status(), StatusCode::NO_CONTENT);
+        } else {
+            assert_eq!(put.status(), StatusCode::INSUFFICIENT_STORAGE);
+            assert!(put.text().await.unwrap().contains("max_stored_bytes"));
+        }
+    }
+    // Namespaces: three at most.
+    assert_eq!(write(&namer, reqwest::Method::PUT, "c", "/svc=>/a", None).await.status(), StatusCode::NO_CONTENT);
+    let fourth = write(&namer, reqwest::Method::PUT, "d", "/svc=>/a", None).await;
+    assert_eq!(fourth.status(), StatusCode::INSUFFICIENT_STORAGE);
+    assert!(fourth.text().await.unwrap().contains("max_namespaces"));
+    namer.stop().await;
+}

@@ -13,14 +13,13 @@ use tracing::Instrument;
 use waymark_dtab::Dtab;
 
 use crate::admin::{self, Admin, LogControl};
-use crate::balance::BalanceSettings;
 use crate::client::ClientSettings;
 use crate::config::{ConfigError, RouterConfig};
 use crate::conn::Connections;
 use crate::mesh::MeshClient;
 use crate::metrics::{DtabLabels, Metrics};
 use crate::naming::{InterpreterConfig, Naming};
-use crate::proxy::{ListenerProxy, Proxy, ProxySettings};
+use crate::proxy::{ListenerProxy, Proxy};
 use crate::routes::Routes;
 use crate::server::{self, Incoming};
 use tokio_rustls::TlsAcceptor;
@@ -46,6 +45,7 @@ struct Listener {
     tls: Option<TlsAcceptor>,
     proxy: Arc<ListenerProxy>,
     connections: Arc<Connections>,
+    original_dst: bool,
 }
 
 /// The router could not start.
@@ -128,28 +128,8 @@ impl App {
     async fn assemble(config: RouterConfig, naming: Naming, metrics: Arc<Metrics>) -> Result<App, AppError> {
         config.validate()?;
         let client = Arc::new(ClientSettings::new(&config.client).map_err(AppError::ClientTls)?);
-        let balance = Arc::new(BalanceSettings::new(&config.client.load_balancer, &config.client.failure_accrual));
-        let routes = Routes::new(
-            naming.resolver.clone(),
-            metrics.clone(),
-            client,
-            balance,
-            config.service.retries.budget.clone(),
-            &config.binding_cache,
-        );
-        let settings = ProxySettings {
-            protocol: config.client.protocol,
-            binding_timeout: Duration::from_millis(config.binding_timeout_ms),
-            total_timeout: config.service.total_timeout_ms.map(Duration::from_millis),
-            attempt_timeout: config.client.request_attempt_timeout_ms.map(Duration::from_millis),
-            classifier: Arc::new(config.service.response_classifier.clone()),
-            max_override_bytes: config.max_override_bytes,
-            max_retries: config.service.retries.max_per_request,
-            max_replay_body_bytes: config.service.retries.max_replay_body_bytes,
-            enforce_deadline: config.service.enforce_deadline,
-            response_body_idle_timeout: Duration::from_millis(config.client.response_body_idle_timeout_ms),
-        };
-        let proxy = Arc::new(Proxy { routes: routes.clone(), naming: naming.clone(), settings });
+        let proxy = Proxy::new(&config, naming.clone(), client, metrics.clone());
+        let routes = proxy.routes.clone();
 
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut listener_addrs = Vec::with_capacity(config.listeners.len());
@@ -165,20 +145,10 @@ impl App {
             let bound = socket.local_addr().map_err(|source| AppError::Bind { addr: listener.addr(), source })?;
             listener_addrs.push(bound);
             let prefix = config.prefix(listener);
-            let identifiers = listener.identifier.as_ref().unwrap_or(&config.identifier);
             let connections = Connections::new(&listener.name, listener.limits(), &metrics.connections);
-            let view = Arc::new(ListenerProxy {
-                proxy: proxy.clone(),
-                identifiers: identifiers.iter().map(|i| i.build(&prefix)).collect(),
-                trusted: listener.is_trusted(),
-                max_call_depth: listener.max_call_depth,
-                name: listener.name.clone(),
-                request_body_idle_timeout: Duration::from_millis(listener.request_body_idle_timeout_ms),
-                refused: metrics.refused_requests.clone(),
-                empty_dtab: Dtab::empty(),
-                bound,
-            });
-            listeners.push(Listener { socket, tls, proxy: view, connections });
+            let identifiers = listener.identifier.as_ref().unwrap_or(&config.identifier);
+            let view = Arc::new(ListenerProxy::new(proxy.clone(), listener, identifiers, &prefix, bound));
+            listeners.push(Listener { socket, tls, proxy: view, connections, original_dst: listener.original_dst });
         }
         let admin_listener = bind(config.admin.addr()).await?;
         let admin_addr =
@@ -225,7 +195,7 @@ impl App {
         let (drained_tx, mut drained) = mpsc::channel::<()>(1);
         let mut accept_loops: Vec<JoinHandle<()>> = Vec::new();
         for (listener, addr) in self.listeners.into_iter().zip(&self.listener_addrs) {
-            let Listener { socket, tls, proxy, connections } = listener;
+            let Listener { socket, tls, proxy, connections, original_dst } = listener;
             tracing::info!(%addr, trusted = proxy.trusted, tls = tls.is_some(), "listening");
             let incoming = match tls {
                 None => Incoming::Plain(socket),
@@ -233,7 +203,7 @@ impl App {
                     TlsIncoming::new(socket, acceptor).map_err(|source| AppError::Bind { addr: *addr, source })?,
                 ),
             };
-            let serve = server::serve(incoming, proxy, connections, drained_tx.clone(), stop_rx.clone());
+            let serve = server::serve(incoming, proxy, connections, drained_tx.clone(), stop_rx.clone(), original_dst);
             accept_loops.push(tokio::spawn(serve.instrument(tracing::info_span!("listener", %addr))));
         }
         tracing::info!(addr = %self.admin_addr, "admin listening");

@@ -12,8 +12,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use waymark_random::Backoff;
+
 use crate::client::EndpointClient;
-use crate::rng;
 
 /// How requests are spread over a bound name's endpoints.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -33,9 +34,10 @@ pub enum LoadBalancerConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FailureAccrualConfig {
-    /// After `failures` failures in a row, the endpoint is out for a jittered backoff that
-    /// doubles on every failed probe, from `min_backoff_ms` up to `max_backoff_ms`; then one
-    /// probe request is let through. Linkerd 1's `io.l5d.consecutiveFailures`.
+    /// After `failures` failures in a row, the endpoint is out for a backoff that doubles on
+    /// every failed probe, from `min_backoff_ms` up to `max_backoff_ms`, each drawn between
+    /// half of that and all of it; then one probe request is let through. Linkerd 1's
+    /// `io.l5d.consecutiveFailures`.
     #[serde(alias = "io.l5d.consecutiveFailures")]
     ConsecutiveFailures {
         /// Failures in a row that take an endpoint out.
@@ -62,8 +64,7 @@ pub(crate) struct BalanceSettings {
 #[derive(Debug, Clone, Copy)]
 struct Accrual {
     failures: u32,
-    min_backoff: Duration,
-    max_backoff: Duration,
+    backoff: Backoff,
 }
 
 /// One replica of a bound name: its address, weight, connection pool and health.
@@ -158,8 +159,7 @@ impl BalanceSettings {
         let accrual = match accrual {
             FailureAccrualConfig::ConsecutiveFailures { failures, min_backoff_ms, max_backoff_ms } => Some(Accrual {
                 failures: *failures,
-                min_backoff: Duration::from_millis(*min_backoff_ms),
-                max_backoff: Duration::from_millis(*max_backoff_ms),
+                backoff: Backoff::new(Duration::from_millis(*min_backoff_ms), Duration::from_millis(*max_backoff_ms)),
             }),
             FailureAccrualConfig::None => None,
         };
@@ -250,7 +250,7 @@ impl Endpoint {
         let mut health = self.health();
         health.consecutive_failures = health.consecutive_failures.saturating_add(1);
         if health.probing || (health.dead_until.is_none() && health.consecutive_failures >= accrual.failures) {
-            let backoff = jittered_backoff(accrual.min_backoff, accrual.max_backoff, health.backoffs);
+            let backoff = accrual.backoff.delay(health.backoffs);
             health.dead_until = Some(now + backoff);
             health.backoffs = health.backoffs.saturating_add(1);
             health.probing = false;
@@ -283,13 +283,6 @@ impl Endpoint {
     }
 }
 
-/// A delay in `[min, min(max, min * 2^step)]`, uniformly: the first backoff is exactly `min`.
-fn jittered_backoff(min: Duration, max: Duration, step: u32) -> Duration {
-    let ceiling = min.saturating_mul(1u32.checked_shl(step.min(30)).unwrap_or(u32::MAX)).min(max);
-    let spread = ceiling.saturating_sub(min);
-    min + spread.mul_f64(rng::unit())
-}
-
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -309,8 +302,8 @@ pub(crate) fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
         }
         n => {
             for _ in 0..MAX_EFFORT {
-                let a = rng::below(n);
-                let b = (a + 1 + rng::below(n - 1)) % n;
+                let a = waymark_random::below(n);
+                let b = (a + 1 + waymark_random::below(n - 1)) % n;
                 let (a, b) = (&endpoints[a], &endpoints[b]);
                 let (a_cost, b_cost) = (a.cost(), b.cost());
                 let (first, second) = if a_cost <= b_cost { (a, b) } else { (b, a) };
@@ -322,7 +315,7 @@ pub(crate) fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
                 }
             }
             // Unlucky draws, or most endpoints out: look at every one before failing open.
-            endpoints.iter().find(|e| e.claim(now)).or_else(|| endpoints.get(rng::below(n)))
+            endpoints.iter().find(|e| e.claim(now)).or_else(|| endpoints.get(waymark_random::below(n)))
         }
     }
 }
@@ -353,13 +346,14 @@ mod tests {
         assert!(e.is_available());
         e.record_failure();
         assert!(!e.is_available(), "three failures in a row take it out");
-        tokio::time::advance(Duration::from_millis(999)).await;
+        // The first backoff lies in [0.5 s, 1 s] (min_backoff_ms is 1000).
+        tokio::time::advance(Duration::from_millis(499)).await;
         assert!(!e.is_available());
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(e.claim(Instant::now()), "after the first backoff (exactly min) one probe is let through");
+        tokio::time::advance(Duration::from_millis(501)).await;
+        assert!(e.claim(Instant::now()), "after the first backoff one probe is let through");
         assert!(!e.claim(Instant::now()), "only one probe at a time");
         e.record_failure();
-        // The second backoff lies in [1s, 2s].
+        // The second lies in [1 s, 2 s].
         tokio::time::advance(Duration::from_millis(999)).await;
         assert!(!e.is_available());
         tokio::time::advance(Duration::from_millis(1001)).await;

@@ -4,6 +4,7 @@
 //! Enums rather than boxed trait objects, so that forwarding a request costs no allocation
 //! for its body.
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -12,15 +13,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::balance::InFlight;
 use crate::context::{L5D_SUCCESS_CLASS, has_l5d, strip_l5d};
 use crate::metrics::{ClientMetrics, ServiceMetrics};
+use crate::outcome;
 use crate::retry::{Class, ClassifierConfig};
+
+/// Errors of bodies the router did not make.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body on its way to an endpoint.
 #[derive(Debug)]
@@ -28,7 +34,7 @@ pub(crate) enum RequestBody {
     /// No body: also what a retried request without a body carries.
     Empty,
     /// The downstream request's body, streamed as it arrives.
-    Streaming(Stalling<Incoming>),
+    Streaming(Stalling<Streamed>),
     /// A small body read whole, so that the request can be sent again.
     Buffered {
         /// The data, until it is sent.
@@ -38,13 +44,20 @@ pub(crate) enum RequestBody {
     },
 }
 
+/// The body of a request as the server (or a test) gave it: a connection's body as is, with
+/// no allocation, and any other kind boxed.
+pub(crate) enum Streamed {
+    Incoming(Incoming),
+    Other(UnsyncBoxBody<Bytes, BoxError>),
+}
+
 /// The client's side of a request body failed: what the router answers 400 or 408 for,
 /// rather than blaming the endpoint.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RequestBodyError {
     /// The body is malformed (a bad chunk size, say) or the connection broke.
     #[error("reading the request body: {0}")]
-    Read(#[source] hyper::Error),
+    Read(#[source] BoxError),
     /// No byte of it arrived for too long.
     #[error("no part of the request body arrived for {} ms", .0.as_millis())]
     Stalled(Duration),
@@ -105,15 +118,14 @@ impl GrpcOutcome {
             Some(trailers) => self.classifier.classify_trailers(trailers),
             None => Class::Failure { retryable: false },
         };
-        self.client.record(StatusCode::OK, class, self.client_latency);
-        if let Some((service, latency)) = &self.service {
-            let verdict = trailers.as_deref().and_then(Class::from_success_class).unwrap_or(class);
-            service.record(StatusCode::OK, verdict, *latency);
-            if let Some(trailers) = trailers
-                && !trailers.contains_key(L5D_SUCCESS_CLASS)
-            {
-                trailers.insert(L5D_SUCCESS_CLASS, verdict.success_class_value());
-            }
+        let verdict = trailers.as_deref().and_then(Class::from_success_class).unwrap_or(class);
+        let service = self.service.as_ref().map(|(service, latency)| (&**service, verdict, *latency));
+        outcome::trailers_arrived(&self.client, class, self.client_latency, service);
+        if self.service.is_some()
+            && let Some(trailers) = trailers
+            && !trailers.contains_key(L5D_SUCCESS_CLASS)
+        {
+            trailers.insert(L5D_SUCCESS_CLASS, verdict.success_class_value());
         }
     }
 }
@@ -122,6 +134,57 @@ impl GrpcOutcome {
 enum ResponseKind {
     Upstream(Stalling<Incoming>),
     Full(Option<Bytes>),
+}
+
+impl std::fmt::Debug for Streamed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Streamed::Incoming(body) => body.fmt(f),
+            Streamed::Other(_) => f.write_str("Streamed::Other"),
+        }
+    }
+}
+
+impl Streamed {
+    /// `body`, as a connection's body when it is one.
+    pub(crate) fn new<B>(body: B) -> Streamed
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let mut slot = Some(body);
+        if let Some(incoming) = (&mut slot as &mut dyn Any).downcast_mut::<Option<Incoming>>() {
+            return Streamed::Incoming(incoming.take().expect("just put there"));
+        }
+        let body = slot.expect("still there");
+        Streamed::Other(UnsyncBoxBody::new(http_body_util::BodyExt::map_err(body, Into::into)))
+    }
+}
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Streamed::Incoming(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Streamed::Other(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Streamed::Incoming(body) => body.is_end_stream(),
+            Streamed::Other(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Streamed::Incoming(body) => body.size_hint(),
+            Streamed::Other(body) => body.size_hint(),
+        }
+    }
 }
 
 impl<B: Body + Unpin> Stalling<B> {

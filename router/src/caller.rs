@@ -13,8 +13,6 @@ use base64::engine::general_purpose::STANDARD;
 use http::header::VIA;
 use http::{HeaderMap, HeaderName, HeaderValue, Version};
 
-use crate::rng;
-
 /// The caller's deadline: `<timestamp_ns> <deadline_ns>`, nanoseconds since the Unix epoch.
 pub(crate) const L5D_CTX_DEADLINE: HeaderName = HeaderName::from_static("l5d-ctx-deadline");
 /// The caller's trace id: base64 of Finagle's serialised `TraceId`.
@@ -117,7 +115,7 @@ pub(crate) struct TraceId {
 impl TraceId {
     /// A new trace, whose first span is its own parent (as Finagle writes a root span).
     pub(crate) fn root() -> TraceId {
-        let id = rng::next_u64();
+        let id = waymark_random::next_u64();
         TraceId { span: id, parent: id, trace: id, flags: 0, trace_high: None }
     }
 
@@ -141,7 +139,7 @@ impl TraceId {
 
     /// The span of the next hop: a new span id under this one, in the same trace.
     pub(crate) fn child(&self) -> TraceId {
-        TraceId { span: rng::next_u64(), parent: self.span, ..*self }
+        TraceId { span: waymark_random::next_u64(), parent: self.span, ..*self }
     }
 
     /// The sampling decision, when one was made.
@@ -155,7 +153,7 @@ impl TraceId {
         if self.sampled().is_some() {
             return;
         }
-        let draw = (rng::next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let draw = waymark_random::unit();
         self.flags |= FLAG_SAMPLING_KNOWN;
         if draw < rate {
             self.flags |= FLAG_SAMPLED;

@@ -22,6 +22,7 @@ use rustls_pki_types::ServerName;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use waymark_dtab::{Path, Prefix};
 use waymark_tls::{ClientTls, TlsError};
 
 use crate::balance::{FailureAccrualConfig, LoadBalancerConfig};
@@ -31,9 +32,17 @@ use crate::body::RequestBody;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
-    /// Which HTTP version requests are sent with.
+    /// The HTTP version of requests to endpoints whose protocol is not otherwise known. An
+    /// endpoint's protocol is known from `destinations`, else from its address metadata
+    /// (`appProtocol`: `kubernetes.io/h2c`, `h2c`, `http2` and `grpc` mean HTTP/2, `http`
+    /// HTTP/1.1). gRPC calls always go over HTTP/2 and upgrades (WebSocket) over HTTP/1.1,
+    /// whatever the endpoint.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// The protocol of bound names under a prefix (`*` matches any one label), such as
+    /// `{prefix: /#/io.l5d.fs/grpc-backend, protocol: http2}`; the first match wins.
+    #[serde(default)]
+    pub destinations: Vec<DestinationConfig>,
     /// How long a TCP connect to an endpoint may take (and wait for a free connection slot).
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
@@ -69,18 +78,48 @@ pub struct ClientConfig {
     pub tls: Option<ClientTls>,
 }
 
-/// The HTTP version of requests to endpoints. gRPC always goes over HTTP/2, which is the only
-/// version that carries trailers.
+/// The HTTP version of requests to endpoints whose protocol is not known. The version a
+/// request arrived with has no say: the protocol is the endpoint's, and the router translates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
-    /// The version the request arrived with.
+    /// HTTP/1.1, which every server speaks; over TLS, whichever of HTTP/2 and HTTP/1.1 the
+    /// endpoint picks through ALPN.
     #[default]
     Auto,
-    /// HTTP/1.1, except for gRPC.
+    /// HTTP/1.1.
     Http1,
-    /// HTTP/2 with prior knowledge, for every request.
+    /// HTTP/2 with prior knowledge (over TLS, offered alone through ALPN).
     Http2,
+}
+
+/// A protocol an endpoint is known to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointProtocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    Http2,
+}
+
+/// The protocol of the bound names under a prefix.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// A bound name prefix, such as `/#/io.l5d.fs/grpc-backend` or `/$/inet/*/9000`.
+    pub prefix: String,
+    /// What the endpoints under it speak.
+    pub protocol: EndpointProtocol,
+}
+
+/// How one attempt goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    Http1,
+    Http2,
+    /// Over TLS, whichever ALPN agrees (HTTP/1.1 in plain text).
+    Negotiated,
 }
 
 /// The client settings shared by every endpoint, built once from configuration.
@@ -91,13 +130,19 @@ pub(crate) struct ClientSettings {
     connect_timeout: Duration,
     max_connections: usize,
     tls: Option<Arc<EndpointTls>>,
+    default_wire: Wire,
+    destinations: Vec<(Prefix, EndpointProtocol)>,
+    /// Every endpoint's connections go to a test's in-process server.
+    #[cfg(test)]
+    pub(crate) memory: Option<tests::InMemory>,
 }
 
-/// TLS to endpoints: one rustls configuration per protocol, since ALPN must offer only the
-/// protocol the client will speak.
+/// TLS to endpoints: one rustls configuration per ALPN offer, since ALPN must offer only the
+/// protocols the client will speak.
 struct EndpointTls {
     http1: tokio_rustls::TlsConnector,
     http2: tokio_rustls::TlsConnector,
+    either: tokio_rustls::TlsConnector,
     /// The name every endpoint's certificate must carry, or `None` for its IP address.
     server_name: Option<ServerName<'static>>,
 }
@@ -108,8 +153,11 @@ struct EndpointTls {
 pub(crate) struct EndpointClient {
     connector: Connector,
     settings: Arc<ClientSettings>,
+    /// What the endpoint's address metadata says it speaks.
+    protocol: Option<EndpointProtocol>,
     h1: OnceLock<Client<Connector, RequestBody>>,
     h2: OnceLock<Client<Connector, RequestBody>>,
+    negotiated: OnceLock<Client<Connector, RequestBody>>,
 }
 
 /// Opens connections to one endpoint, whatever URI the request names, so that requests
@@ -121,8 +169,10 @@ pub(crate) struct Connector {
     slots: Arc<Semaphore>,
     open: Gauge,
     tls: Option<Arc<EndpointTls>>,
-    /// Which protocol connections are for: with TLS, the one ALPN offers.
-    http2: bool,
+    /// Which protocol connections are for: with TLS, what ALPN offers.
+    wire: Wire,
+    #[cfg(test)]
+    memory: Option<tests::InMemory>,
 }
 
 /// An open connection to an endpoint, counted while it lives.
@@ -131,12 +181,17 @@ pub(crate) struct Conn {
     io: Io,
     open: Gauge,
     _slot: OwnedSemaphorePermit,
+    /// HTTP/2, by ALPN or prior knowledge.
+    h2: bool,
 }
 
 #[derive(Debug)]
 enum Io {
     Plain(TokioIo<TcpStream>),
     Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+    /// An in-process pipe to a test's server: the client without sockets.
+    #[cfg(test)]
+    Memory(TokioIo<tokio::io::DuplexStream>),
 }
 
 /// A connection could not be made.
@@ -180,6 +235,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             protocol: UpstreamProtocol::default(),
+            destinations: Vec::new(),
             connect_timeout_ms: default_connect_timeout_ms(),
             max_connections_per_endpoint: default_max_connections(),
             max_idle_per_endpoint: default_max_idle(),
@@ -209,6 +265,11 @@ impl ClientConfig {
         }
         if let Some(tls) = &self.tls {
             out.extend(tls.problems(&format!("{at}.tls")));
+        }
+        for (i, destination) in self.destinations.iter().enumerate() {
+            if let Err(e) = destination.prefix.parse::<Prefix>() {
+                out.push(format!("{at}.destinations[{i}].prefix: {:?} is not a prefix: {e}", destination.prefix));
+            }
         }
         self.failure_accrual.problems(&format!("{at}.failure_accrual"), out);
         self.load_balancer.problems(&format!("{at}.load_balancer"), out);
@@ -246,38 +307,125 @@ impl ClientSettings {
                         message: format!("{name:?} is not a DNS name or IP address: {e}"),
                     })?),
                 };
-                Some(Arc::new(EndpointTls { http1: connector(b"http/1.1")?, http2: connector(b"h2")?, server_name }))
+                let either = tokio_rustls::TlsConnector::from(Arc::new(tls.client_config(&[b"h2", b"http/1.1"])?));
+                Some(Arc::new(EndpointTls {
+                    http1: connector(b"http/1.1")?,
+                    http2: connector(b"h2")?,
+                    either,
+                    server_name,
+                }))
             }
         };
+        let default_wire = match config.protocol {
+            UpstreamProtocol::Auto => Wire::Negotiated,
+            UpstreamProtocol::Http1 => Wire::Http1,
+            UpstreamProtocol::Http2 => Wire::Http2,
+        };
+        let destinations =
+            config.destinations.iter().filter_map(|d| Some((d.prefix.parse::<Prefix>().ok()?, d.protocol))).collect();
         Ok(ClientSettings {
             h1,
             h2,
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             max_connections: config.max_connections_per_endpoint,
             tls,
+            default_wire,
+            destinations,
+            #[cfg(test)]
+            memory: None,
         })
+    }
+
+    /// The protocol configured for bound name `id`, if a destination prefix matches it.
+    pub(crate) fn destination_protocol(&self, id: &Path) -> Option<EndpointProtocol> {
+        self.destinations.iter().find(|(prefix, _)| prefix.matches(id)).map(|(_, protocol)| *protocol)
+    }
+
+    /// How one attempt goes: an upgrade over HTTP/1.1 and gRPC over HTTP/2 whatever the
+    /// endpoint; otherwise what the configuration says of its bound name, else what its
+    /// address metadata says of it, else the default.
+    pub(crate) fn wire(
+        &self,
+        upgrade: bool,
+        grpc: bool,
+        destination: Option<EndpointProtocol>,
+        endpoint: Option<EndpointProtocol>,
+    ) -> Wire {
+        if upgrade {
+            return Wire::Http1;
+        }
+        if grpc {
+            return Wire::Http2;
+        }
+        match destination.or(endpoint) {
+            Some(EndpointProtocol::Http1) => Wire::Http1,
+            Some(EndpointProtocol::Http2) => Wire::Http2,
+            None => self.default_wire,
+        }
+    }
+}
+
+impl EndpointProtocol {
+    /// What an address's `appProtocol` metadata says, when it says something this router
+    /// knows: Kubernetes' `kubernetes.io/h2c`, and the names service meshes use.
+    pub(crate) fn from_app_protocol(value: &str) -> Option<EndpointProtocol> {
+        match value.to_ascii_lowercase().as_str() {
+            "kubernetes.io/h2c" | "h2c" | "http2" | "grpc" | "kubernetes.io/grpc" => Some(EndpointProtocol::Http2),
+            "http" | "http/1.1" | "http1" | "kubernetes.io/ws" => Some(EndpointProtocol::Http1),
+            _ => None,
+        }
     }
 }
 
 impl EndpointClient {
-    pub(crate) fn new(addr: SocketAddr, settings: Arc<ClientSettings>, open: Gauge) -> Self {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        protocol: Option<EndpointProtocol>,
+        settings: Arc<ClientSettings>,
+        open: Gauge,
+    ) -> Self {
         let connector = Connector {
             addr,
             timeout: settings.connect_timeout,
             slots: Arc::new(Semaphore::new(settings.max_connections)),
             open,
             tls: settings.tls.clone(),
-            http2: false,
+            wire: Wire::Http1,
+            #[cfg(test)]
+            memory: settings.memory.clone(),
         };
-        EndpointClient { connector, settings, h1: OnceLock::new(), h2: OnceLock::new() }
+        EndpointClient {
+            connector,
+            settings,
+            protocol,
+            h1: OnceLock::new(),
+            h2: OnceLock::new(),
+            negotiated: OnceLock::new(),
+        }
     }
 
-    /// The client for HTTP/2 (`true`) or HTTP/1.1 requests.
-    pub(crate) fn get(&self, http2: bool) -> &Client<Connector, RequestBody> {
-        if http2 {
-            self.h2.get_or_init(|| self.settings.h2.build(Connector { http2: true, ..self.connector.clone() }))
-        } else {
-            self.h1.get_or_init(|| self.settings.h1.build(self.connector.clone()))
+    /// How an attempt goes: see [`ClientSettings::wire`]; `destination` is what the
+    /// configuration says of the endpoint's bound name.
+    pub(crate) fn wire(&self, upgrade: bool, grpc: bool, destination: Option<EndpointProtocol>) -> Wire {
+        self.settings.wire(upgrade, grpc, destination, self.protocol)
+    }
+
+    /// What the endpoint's address metadata says it speaks.
+    pub(crate) fn protocol(&self) -> Option<EndpointProtocol> {
+        self.protocol
+    }
+
+    /// The client for requests that go as `wire` says. Without TLS, a negotiated protocol is
+    /// HTTP/1.1.
+    pub(crate) fn get(&self, wire: Wire) -> &Client<Connector, RequestBody> {
+        let connector = |wire| Connector { wire, ..self.connector.clone() };
+        match wire {
+            Wire::Http2 => self.h2.get_or_init(|| self.settings.h2.build(connector(Wire::Http2))),
+            Wire::Negotiated if self.connector.tls.is_some() => {
+                // Not HTTP/2-only: the client speaks HTTP/2 on a connection whose ALPN says so.
+                self.negotiated.get_or_init(|| self.settings.h1.build(connector(Wire::Negotiated)))
+            }
+            Wire::Http1 | Wire::Negotiated => self.h1.get_or_init(|| self.settings.h1.build(connector(Wire::Http1))),
         }
     }
 }
@@ -295,6 +443,13 @@ impl tower_service::Service<Uri> for Connector {
         let this = self.clone();
         Box::pin(async move {
             let addr = this.addr;
+            #[cfg(test)]
+            if let Some(memory) = &this.memory {
+                let slot = this.slots.clone().acquire_owned().await.map_err(|_| ConnectError::Limit(addr))?;
+                this.open.inc();
+                let io = Io::Memory(TokioIo::new(memory.connect()));
+                return Ok(Conn { io, open: this.open, _slot: slot, h2: this.wire == Wire::Http2 });
+            }
             let connect = async {
                 let slot = this.slots.clone().acquire_owned().await.map_err(|_| ConnectError::Limit(addr))?;
                 let stream = TcpStream::connect(addr).await.map_err(|source| ConnectError::Io { addr, source })?;
@@ -307,10 +462,14 @@ impl tower_service::Service<Uri> for Connector {
             };
             // Requests are small and latency matters more than packet count.
             let _ = stream.set_nodelay(true);
-            let io = match &this.tls {
-                None => Io::Plain(TokioIo::new(stream)),
+            let (io, h2) = match &this.tls {
+                None => (Io::Plain(TokioIo::new(stream)), this.wire == Wire::Http2),
                 Some(tls) => {
-                    let connector = if this.http2 { &tls.http2 } else { &tls.http1 };
+                    let connector = match this.wire {
+                        Wire::Http1 => &tls.http1,
+                        Wire::Http2 => &tls.http2,
+                        Wire::Negotiated => &tls.either,
+                    };
                     let name = tls.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
                     let handshake = tokio::time::timeout(this.timeout, connector.connect(name, stream));
                     let stream = match handshake.await {
@@ -318,11 +477,12 @@ impl tower_service::Service<Uri> for Connector {
                         Ok(Err(source)) => return Err(ConnectError::Tls { addr, source }),
                         Err(_) => return Err(ConnectError::Timeout(addr)),
                     };
-                    Io::Tls(Box::new(TokioIo::new(stream)))
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    (Io::Tls(Box::new(TokioIo::new(stream))), h2)
                 }
             };
             this.open.inc();
-            Ok(Conn { io, open: this.open, _slot: slot })
+            Ok(Conn { io, open: this.open, _slot: slot, h2 })
         })
     }
 }
@@ -335,7 +495,8 @@ impl Drop for Conn {
 
 impl Connection for Conn {
     fn connected(&self) -> Connected {
-        Connected::new()
+        // Tells the client to speak HTTP/2 on a connection whose ALPN chose it.
+        if self.h2 { Connected::new().negotiated_h2() } else { Connected::new() }
     }
 }
 
@@ -345,6 +506,8 @@ macro_rules! on_io {
         match &mut $conn.io {
             Io::Plain($io) => $call,
             Io::Tls($io) => $call,
+            #[cfg(test)]
+            Io::Memory($io) => $call,
         }
     };
 }
@@ -376,6 +539,8 @@ impl hyper::rt::Write for Conn {
         match &self.io {
             Io::Plain(io) => io.is_write_vectored(),
             Io::Tls(io) => io.is_write_vectored(),
+            #[cfg(test)]
+            Io::Memory(io) => io.is_write_vectored(),
         }
     }
 
@@ -393,7 +558,56 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn test_client(addr: SocketAddr) -> EndpointClient {
-        EndpointClient::new(addr, Arc::new(ClientSettings::new(&ClientConfig::default()).unwrap()), Gauge::default())
+        let settings = Arc::new(ClientSettings::new(&ClientConfig::default()).unwrap());
+        EndpointClient::new(addr, None, settings, Gauge::default())
+    }
+
+    /// Connections to a test's server in the same process, over in-memory pipes: each new
+    /// connection is handed to `accept`.
+    #[derive(Clone)]
+    pub(crate) struct InMemory {
+        accept: Arc<dyn Fn(tokio::io::DuplexStream) + Send + Sync>,
+    }
+
+    impl std::fmt::Debug for InMemory {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("InMemory")
+        }
+    }
+
+    impl InMemory {
+        pub(crate) fn new(accept: impl Fn(tokio::io::DuplexStream) + Send + Sync + 'static) -> Self {
+            InMemory { accept: Arc::new(accept) }
+        }
+
+        pub(super) fn connect(&self) -> tokio::io::DuplexStream {
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            (self.accept)(theirs);
+            ours
+        }
+    }
+
+    #[test]
+    fn the_protocol_is_the_endpoints() {
+        let mut config = ClientConfig::default();
+        config
+            .destinations
+            .push(DestinationConfig { prefix: "/#/io.l5d.fs/grpc".to_string(), protocol: EndpointProtocol::Http2 });
+        let settings = ClientSettings::new(&config).unwrap();
+        let (h1, h2) = (Some(EndpointProtocol::Http1), Some(EndpointProtocol::Http2));
+        assert_eq!(settings.wire(false, false, None, None), Wire::Negotiated, "unknown: HTTP/1.1, or ALPN's choice");
+        assert_eq!(settings.wire(false, true, None, h1), Wire::Http2, "gRPC is HTTP/2 whatever the endpoint");
+        assert_eq!(settings.wire(true, false, h2, h2), Wire::Http1, "an upgrade is HTTP/1.1 whatever the endpoint");
+        assert_eq!(settings.wire(false, false, None, h2), Wire::Http2, "address metadata");
+        assert_eq!(settings.wire(false, false, h1, h2), Wire::Http1, "configuration over metadata");
+        let id = |s: &str| s.parse::<Path>().unwrap();
+        assert_eq!(settings.destination_protocol(&id("/#/io.l5d.fs/grpc/x")), h2);
+        assert_eq!(settings.destination_protocol(&id("/#/io.l5d.fs/web")), None);
+        assert_eq!(EndpointProtocol::from_app_protocol("kubernetes.io/h2c"), h2);
+        assert_eq!(EndpointProtocol::from_app_protocol("HTTP"), h1);
+        assert_eq!(EndpointProtocol::from_app_protocol("linkerd.io/opaque"), None);
+        let http1 = ClientSettings::new(&ClientConfig { protocol: UpstreamProtocol::Http1, ..ClientConfig::default() });
+        assert_eq!(http1.unwrap().wire(false, false, None, None), Wire::Http1);
     }
 
     #[tokio::test]
@@ -407,7 +621,8 @@ pub(crate) mod tests {
             slots: Arc::new(Semaphore::new(1)),
             open: open.clone(),
             tls: None,
-            http2: false,
+            wire: Wire::Http1,
+            memory: None,
         };
         let first = tower_service::Service::call(&mut connector, Uri::from_static("http://x/")).await.unwrap();
         assert_eq!(open.get(), 1);

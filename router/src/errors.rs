@@ -98,7 +98,7 @@ impl RouterError {
                     RequestBodyError::Stalled(idle) => {
                         RouterError::RequestBodyTimeout { idle_ms: idle.as_millis() as u64 }
                     }
-                    RequestBodyError::Read(read) => RouterError::RequestBody { cause: chain(read) },
+                    RequestBodyError::Read(read) => RouterError::RequestBody { cause: chain(&**read) },
                 });
             }
             cause = e.source();

@@ -27,12 +27,12 @@ use waymark_proto::mesh::delegator_client::DelegatorClient;
 use waymark_proto::mesh::interpreter_client::InterpreterClient;
 use waymark_proto::mesh::resolver_client::ResolverClient;
 use waymark_proto::request::{BindRequest, DelegateTreeRequest, dtab_req, replicas_req};
+use waymark_random::Backoff;
 use waymark_tls::ClientTls;
 
 use crate::errors::with_causes;
 use crate::metrics::{Metrics, StreamLabels};
 use crate::naming::{Delegator, NamerStatus, Naming};
-use crate::rng;
 use crate::sync::lock;
 
 /// A client of one namer, for one namespace.
@@ -56,25 +56,10 @@ struct Inner {
 /// Streams shared by key: the map holds each stream's sender weakly.
 type Shared<K, T> = Mutex<HashMap<K, Weak<watch::Sender<T>>>>;
 
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    base: Duration,
-    max: Duration,
-}
-
 /// What one stream kind needs to know.
 struct StreamKind {
     label: &'static str,
     open: Gauge,
-}
-
-impl Backoff {
-    /// The delay before attempt `n` (0-based) after failures: doubling from the base, capped,
-    /// with full jitter on the upper half so that many routers do not reconnect in step.
-    fn delay(&self, n: u32) -> Duration {
-        let ceiling = self.base.saturating_mul(1u32.checked_shl(n.min(20)).unwrap_or(u32::MAX)).min(self.max);
-        ceiling / 2 + (ceiling / 2).mul_f64(rng::unit())
-    }
 }
 
 /// The version bytes as text when they are text, else as hex.
@@ -120,7 +105,7 @@ impl MeshClient {
             inner: Arc::new(Inner {
                 channel: endpoint.connect_lazy(),
                 namespace: namespace.to_string(),
-                backoff: Backoff { base, max },
+                backoff: Backoff::new(base, max),
                 binds: Mutex::default(),
                 replicas: Mutex::default(),
                 status,
@@ -402,14 +387,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter() {
-        let b = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(1) };
-        for _ in 0..100 {
-            let first = b.delay(0);
-            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100), "{first:?}");
-            let late = b.delay(30);
-            assert!(late >= Duration::from_millis(500) && late <= Duration::from_secs(1), "{late:?}");
-        }
+    fn versions_show_as_text_or_hex() {
         assert_eq!(version_text(b"42"), "42");
         assert_eq!(version_text(&[0, 255]), "00ff");
     }

@@ -12,7 +12,6 @@ use std::time::Duration;
 use http::header::{CONNECTION, CONTENT_TYPE, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body::Body as _;
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -20,28 +19,34 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use waymark_dtab::{Dtab, Path};
 
+use crate::balance::BalanceSettings;
 use crate::balance::Endpoint;
-use crate::body::{GrpcOutcome, RequestBody, ResponseBody, Stalling};
+use crate::balance::InFlight;
+use crate::body::{BoxError, GrpcOutcome, RequestBody, ResponseBody, Stalling, Streamed};
 use crate::caller::{
     Caller, Deadline, L5D_CTX_DEADLINE, L5D_CTX_TRACE, TraceId, append_via, call_depth, wall_clock_ns,
 };
-use crate::client::UpstreamProtocol;
+use crate::client::ClientSettings;
+use crate::client::Wire;
+use crate::config::RouterConfig;
 use crate::conn::ConnectionInfo;
 use crate::context::{
     L5D_CTX_DTAB, L5D_DST_CLIENT, L5D_DST_RESIDUAL, L5D_DST_SERVICE, L5D_REQID, L5D_RETRYABLE, L5D_SUCCESS_CLASS,
     has_l5d, strip_l5d, take_override,
 };
 use crate::errors::{Explanation, RouterError, chain, respond};
-use crate::identify::{Identified, Identifier, identify};
+use crate::identify::{Identified, Identifier, IdentifierConfig, identify};
+use crate::metrics::Metrics;
 use crate::metrics::RefusedLabels;
 use crate::naming::Naming;
+use crate::outcome::{self, AttemptEnd};
 use crate::retry::{Class, ClassifierConfig, Deadlines, is_idempotent};
 use crate::routes::{Choice, Concrete, Endpoints, OverridesBusy, Route, RouteKey, RouteState, Routes};
+use crate::server::ListenerConfig;
 
 /// Settings of the pipeline, from configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct ProxySettings {
-    pub(crate) protocol: UpstreamProtocol,
     pub(crate) binding_timeout: Duration,
     pub(crate) total_timeout: Option<Duration>,
     pub(crate) attempt_timeout: Option<Duration>,
@@ -105,16 +110,78 @@ const HOP_BY_HOP: [HeaderName; 5] = [
     UPGRADE,
 ];
 
+impl ProxySettings {
+    pub(crate) fn new(config: &RouterConfig) -> Self {
+        ProxySettings {
+            binding_timeout: Duration::from_millis(config.binding_timeout_ms),
+            total_timeout: config.service.total_timeout_ms.map(Duration::from_millis),
+            attempt_timeout: config.client.request_attempt_timeout_ms.map(Duration::from_millis),
+            classifier: Arc::new(config.service.response_classifier.clone()),
+            max_override_bytes: config.max_override_bytes,
+            max_retries: config.service.retries.max_per_request,
+            max_replay_body_bytes: config.service.retries.max_replay_body_bytes,
+            enforce_deadline: config.service.enforce_deadline,
+            response_body_idle_timeout: Duration::from_millis(config.client.response_body_idle_timeout_ms),
+        }
+    }
+}
+
+impl Proxy {
+    /// The pipeline of a router configured with `config`, binding through `naming`.
+    pub(crate) fn new(
+        config: &RouterConfig,
+        naming: Naming,
+        client: Arc<ClientSettings>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Proxy> {
+        let balance = Arc::new(BalanceSettings::new(&config.client.load_balancer, &config.client.failure_accrual));
+        let routes = Routes::new(
+            naming.resolver.clone(),
+            metrics,
+            client,
+            balance,
+            config.service.retries.budget.clone(),
+            &config.binding_cache,
+        );
+        Arc::new(Proxy { routes, naming, settings: ProxySettings::new(config) })
+    }
+}
+
 impl ListenerProxy {
+    /// The pipeline as `listener` (bound to `bound`) runs it.
+    pub(crate) fn new(
+        proxy: Arc<Proxy>,
+        listener: &ListenerConfig,
+        identifiers: &[IdentifierConfig],
+        prefix: &Path,
+        bound: SocketAddr,
+    ) -> Self {
+        ListenerProxy {
+            refused: proxy.routes.metrics().refused_requests.clone(),
+            proxy,
+            identifiers: identifiers.iter().map(|i| i.build(prefix)).collect(),
+            trusted: listener.is_trusted(),
+            max_call_depth: listener.max_call_depth,
+            name: listener.name.clone(),
+            request_body_idle_timeout: Duration::from_millis(listener.request_body_idle_timeout_ms),
+            empty_dtab: Dtab::empty(),
+            bound,
+        }
+    }
+
     /// Serves one request. Never fails: errors become responses here.
     ///
     /// Everything up to the first wait (identify, the dtab context, bind) runs here, before
     /// the returned future exists, so that the future only holds what the waiting part needs:
     /// hyper keeps one per request in flight.
-    pub(crate) fn serve(
+    pub(crate) fn serve<B>(
         self: Arc<Self>,
-        req: Request<Incoming>,
-    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
+        req: Request<B>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let started = Instant::now();
         let mut why = Explanation::default();
         let mut outbound = match self.route(req, started, &mut why) {
@@ -180,12 +247,16 @@ impl ListenerProxy {
 
     /// The pipeline up to the binding: identify, dtab context, bind.
     /// A failure names the logical name when identification got that far.
-    fn route(
+    fn route<B>(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
         started: Instant,
         why: &mut Explanation,
-    ) -> Result<Outbound, Box<(RouterError, Option<Path>)>> {
+    ) -> Result<Outbound, Box<(RouterError, Option<Path>)>>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         why.grpc = is_grpc(req.headers());
         // An edge strips every l5d-* header: clients outside the mesh may not steer routing;
         // nor through Finagle's own override header, which services behind may still honour.
@@ -244,13 +315,46 @@ struct Outbound {
     parts: http::request::Parts,
     /// The streamed body, until an attempt takes it; `None` for a request without one.
     body: Option<RequestBody>,
-    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// For a request to switch protocols: the client's side of the switch, and its
+    /// connection, which stays counted while the tunnel lives.
+    on_upgrade: Option<(hyper::upgrade::OnUpgrade, Option<Arc<ConnectionInfo>>)>,
     grpc: bool,
-    http2: bool,
+    upgrade: bool,
+    /// The version the client speaks, which the response is given in.
+    downstream: Version,
     /// No body: the request can be sent again.
     replayable: bool,
     /// The caller's deadline, when this hop enforces it.
     caller_deadline: Option<Instant>,
+}
+
+impl Outbound {
+    /// The request of one attempt at `destination`: a retry takes a copy, the last (or only)
+    /// attempt the original.
+    fn attempt(&mut self, destination: &Destination, wire: Wire, may_retry: bool) -> Request<RequestBody> {
+        let mut parts = if may_retry {
+            self.parts.clone()
+        } else {
+            let rest = parts_of(&self.parts.method);
+            std::mem::replace(&mut self.parts, rest)
+        };
+        parts.version = if wire == Wire::Http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        // An HTTP/1.1 server sends trailers only to a client that says it takes them; a
+        // client of this router over HTTP/2 always does.
+        if wire != Wire::Http2 && self.downstream == Version::HTTP_2 {
+            parts.headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
+        parts.uri = upstream_uri(&parts, &destination.endpoint);
+        parts.headers.insert(L5D_DST_CLIENT, destination.concrete.dst_client.clone());
+        if let Some(residual) = &destination.residual {
+            parts.headers.insert(L5D_DST_RESIDUAL, residual.clone());
+        }
+        let body = match &self.body {
+            Some(kept @ RequestBody::Buffered { .. }) if may_retry => kept.replay(),
+            _ => self.body.take().unwrap_or(RequestBody::Empty),
+        };
+        Request::from_parts(parts, body)
+    }
 }
 
 /// How a response counts: a gRPC call by its `grpc-status` when the headers carry one (a
@@ -472,19 +576,28 @@ impl Proxy {
 
     /// The request as every attempt sends it: hop-by-hop headers gone, the context for the
     /// next hop added, the upstream protocol chosen.
-    fn outbound(
+    #[allow(clippy::too_many_arguments)]
+    fn outbound<B>(
         &self,
         route: Arc<Route>,
-        req: Request<Incoming>,
+        req: Request<B>,
         grpc: bool,
         caller: Caller,
         started: Instant,
         request_body_idle: Duration,
-    ) -> Outbound {
+    ) -> Outbound
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let mut req = req;
         let upgrade = is_upgrade(&mut req);
         let (mut parts, body) = req.into_parts();
-        let on_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+        let on_upgrade = match parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+            Some(on_upgrade) if upgrade => Some((on_upgrade, parts.extensions.get::<Arc<ConnectionInfo>>().cloned())),
+            _ => None,
+        };
+        let downstream = parts.version;
         strip_hop_by_hop(&mut parts.headers, upgrade);
 
         // Context for the next hop.
@@ -516,17 +629,10 @@ impl Proxy {
             }
         }
 
-        let http2 = !upgrade
-            && match self.settings.protocol {
-                UpstreamProtocol::Auto => parts.version == Version::HTTP_2 || grpc,
-                UpstreamProtocol::Http1 => grpc,
-                UpstreamProtocol::Http2 => true,
-            };
-        parts.version = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
         // Only a request without a body can be sent again: bodies are streamed, not kept.
         let replayable = body.is_end_stream();
-        let body = if replayable { None } else { Some(RequestBody::Streaming(Stalling::new(body, request_body_idle))) };
-        Outbound { route, parts, body, on_upgrade, grpc, http2, replayable, caller_deadline }
+        let body = (!replayable).then(|| RequestBody::Streaming(Stalling::new(Streamed::new(body), request_body_idle)));
+        Outbound { route, parts, body, on_upgrade, grpc, upgrade, downstream, replayable, caller_deadline }
     }
 
     /// Records a request's outcome for its logical name, and returns how it counted. A router
@@ -549,12 +655,12 @@ impl Proxy {
                 let (status, headers) = (response.status(), response.headers());
                 let class = Class::from_success_class(headers)
                     .unwrap_or_else(|| classify(&self.settings.classifier, &Method::GET, grpc, status, headers));
-                route.metrics.record(status, class, latency);
+                outcome::request_ended(&route.metrics, status, class, latency);
                 Some(class)
             }
             Err(error) => {
                 let class = Class::Failure { retryable: false };
-                route.metrics.record(error.status(), class, latency);
+                outcome::request_ended(&route.metrics, error.status(), class, latency);
                 Some(class)
             }
         }
@@ -573,7 +679,8 @@ impl Proxy {
         }
     }
 
-    /// Sends the request to an endpoint, retrying while it is safe and the budget allows.
+    /// Sends the request to an endpoint, retrying while it is safe and the budget allows:
+    /// choose a destination, dispatch an attempt, judge its outcome, and again if need be.
     async fn forward(
         &self,
         out: &mut Outbound,
@@ -582,12 +689,11 @@ impl Proxy {
         listener: &ListenerProxy,
     ) -> Result<Response<ResponseBody>, RouterError> {
         self.keep_small_body(out).await?;
-        let route = &out.route;
-        let (replayable, grpc, http2) = (out.replayable, out.grpc, out.http2);
+        let route = out.route.clone();
         why.retryable = false;
         let idempotent = is_idempotent(&out.parts.method);
         // Recomputed where needed rather than kept: every byte kept here is kept per request.
-        let deadlines = || Deadlines {
+        let deadlines = |out: &Outbound| Deadlines {
             total: match (self.settings.total_timeout.map(|t| started + t), out.caller_deadline) {
                 (Some(own), Some(theirs)) => Some(own.min(theirs)),
                 (own, theirs) => own.or(theirs),
@@ -605,107 +711,63 @@ impl Proxy {
             if out.caller_deadline.is_some_and(|theirs| Instant::now() >= theirs) {
                 return Err(self.out_of_time(out, started));
             }
-            let Destination { concrete, residual, endpoint } = match self.choose(route, binding_deadline, why).await {
+            // balance: a bound name and one of its endpoints.
+            let destination = match self.choose(&route, binding_deadline, why).await {
                 Ok(destination) => destination,
                 Err(RouterError::BindingTimeout { .. }) if out.caller_deadline == Some(binding_deadline) => {
                     return Err(self.out_of_time(out, started));
                 }
                 Err(error) => return Err(error),
             };
-            if listener.is_itself(endpoint.addr, &out.parts) {
-                let (name, addr, listener) = (route.key.name.clone(), endpoint.addr, listener.name.clone());
+            if listener.is_itself(destination.endpoint.addr, &out.parts) {
+                let (name, addr, listener) = (route.key.name.clone(), destination.endpoint.addr, listener.name.clone());
                 return Err(RouterError::Loop { name, addr, listener });
             }
-            // A retry takes a copy; the last (or only) attempt takes the original.
-            let may_retry = replayable && retries < self.settings.max_retries;
-            let mut attempt_parts = if may_retry {
-                out.parts.clone()
-            } else {
-                let rest = parts_of(&out.parts.method);
-                std::mem::replace(&mut out.parts, rest)
-            };
-            attempt_parts.uri = upstream_uri(&attempt_parts, &endpoint);
-            attempt_parts.headers.insert(L5D_DST_CLIENT, concrete.dst_client.clone());
-            if let Some(residual) = residual {
-                attempt_parts.headers.insert(L5D_DST_RESIDUAL, residual.clone());
-            }
-            let attempt_body = match &out.body {
-                Some(kept @ RequestBody::Buffered { .. }) if may_retry => kept.replay(),
-                _ => out.body.take().unwrap_or(RequestBody::Empty),
-            };
-            let request = Request::from_parts(attempt_parts, attempt_body);
+            let Destination { concrete, endpoint, .. } = &destination;
+            let may_retry = out.replayable && retries < self.settings.max_retries;
+            let wire = endpoint.client.wire(out.upgrade, out.grpc, concrete.protocol);
+            let request = out.attempt(&destination, wire, may_retry);
 
+            // client: one attempt.
             let in_flight = endpoint.start();
-            let client_metrics = &concrete.metrics;
-            client_metrics.requests.inc();
+            concrete.metrics.requests.inc();
             let attempt_started = Instant::now();
-            let sent = endpoint.client.get(http2).request(request);
-            let outcome = match deadlines().attempt_deadline() {
-                // Boxed: only requests with a deadline carry a timer.
-                Some(deadline) => Box::pin(tokio::time::timeout_at(deadline, sent)).await.ok(),
-                None => Some(sent.await),
-            };
+            let dispatched = dispatch(endpoint, request, wire, deadlines(out).attempt_deadline()).await;
+            let latency = attempt_started.elapsed();
             let attempt = || format!("{} at {}", concrete.id, endpoint.addr);
-            let (error, safe) = match outcome {
-                Some(Ok(mut response)) => {
-                    let latency = attempt_started.elapsed();
-                    endpoint.observe_rtt(latency);
-                    let mut class = classify(
-                        &self.settings.classifier,
-                        &out.parts.method,
-                        grpc,
-                        response.status(),
-                        response.headers(),
-                    );
-                    // An earlier router says its failure is safe to send again.
-                    if response.headers().get(L5D_RETRYABLE).is_some_and(|v| v == "true") && class != Class::Success {
-                        class = Class::Failure { retryable: true };
-                    }
+            let (error, safe) = match dispatched {
+                Dispatched::Answered(response) => {
+                    let class = self.judge(out, &response);
                     // A gRPC call's status usually comes in its trailers: counted then.
-                    let awaits_trailers = grpc
+                    let awaits_trailers = out.grpc
                         && response.status() == StatusCode::OK
                         && crate::retry::grpc_status(response.headers()).is_none();
-                    if !awaits_trailers {
-                        client_metrics.record(response.status(), class, latency);
-                    }
-                    match class {
-                        Class::Success => endpoint.record_success(),
-                        Class::Failure { .. } => endpoint.record_failure(),
-                    }
+                    let end = if awaits_trailers {
+                        AttemptEnd::AwaitingTrailers { class }
+                    } else {
+                        AttemptEnd::Answered { status: response.status(), class }
+                    };
+                    outcome::attempt_ended(endpoint, &concrete.metrics, end, latency);
                     if class == (Class::Failure { retryable: true })
                         && may_retry
-                        && self.allow_retry(route, &deadlines())
+                        && self.allow_retry(&route, &deadlines(out))
                     {
                         why.attempts.push(format!("{}: {}", attempt(), response.status()));
                         retries += 1;
                         continue;
                     }
-                    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                    strip_hop_by_hop(response.headers_mut(), switching);
-                    if switching {
-                        if let Some(downstream) = out.on_upgrade.take() {
-                            splice_upgrade(downstream, hyper::upgrade::on(&mut response));
-                        }
-                        return Ok(response.map(|_| ResponseBody::empty()));
-                    }
-                    let outcome = awaits_trailers
-                        .then(|| GrpcOutcome::new(self.settings.classifier.clone(), client_metrics.clone(), latency));
-                    let idle = self.settings.response_body_idle_timeout;
-                    return Ok(response.map(|b| ResponseBody::upstream(b, in_flight, outcome, idle)));
+                    let grpc = awaits_trailers
+                        .then(|| GrpcOutcome::new(self.settings.classifier.clone(), concrete.metrics.clone(), latency));
+                    return Ok(self.relay(out, response, in_flight, grpc));
                 }
-                Some(Err(e)) => {
+                Dispatched::Failed(e) => {
                     // The client's own body failed (malformed, or abandoned half-way): the
                     // endpoint is not to blame, and the client gets a 400 or 408.
                     if let Some(error) = RouterError::from_request_body(&e) {
                         why.attempts.push(format!("{}: {error}", attempt()));
                         return Err(error);
                     }
-                    endpoint.record_failure();
-                    client_metrics.record(
-                        StatusCode::BAD_GATEWAY,
-                        Class::Failure { retryable: true },
-                        attempt_started.elapsed(),
-                    );
+                    outcome::attempt_ended(endpoint, &concrete.metrics, AttemptEnd::Failed, latency);
                     let cause = chain(&e);
                     why.attempts.push(format!("{}: {cause}", attempt()));
                     // A connect failure never reached the destination; other failures may
@@ -717,32 +779,61 @@ impl Proxy {
                     } else {
                         RouterError::Upstream { addr, cause }
                     };
-                    (error, replayable && (connect || idempotent))
+                    (error, out.replayable && (connect || idempotent))
                 }
-                None => {
-                    endpoint.record_failure();
-                    client_metrics.record(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        Class::Failure { retryable: true },
-                        attempt_started.elapsed(),
-                    );
+                Dispatched::TimedOut => {
+                    outcome::attempt_ended(endpoint, &concrete.metrics, AttemptEnd::TimedOut, latency);
                     why.attempts.push(format!("{}: timed out", attempt()));
-                    if deadlines().total.is_some_and(|t| Instant::now() >= t) {
-                        why.retryable = replayable && idempotent;
+                    if deadlines(out).total.is_some_and(|t| Instant::now() >= t) {
+                        why.retryable = out.replayable && idempotent;
                         return Err(self.out_of_time(out, started));
                     }
                     let timeout_ms = self.settings.attempt_timeout.map_or(0, |t| t.as_millis() as u64);
-                    (RouterError::AttemptTimeout { addr: endpoint.addr, timeout_ms }, replayable && idempotent)
+                    (RouterError::AttemptTimeout { addr: endpoint.addr, timeout_ms }, out.replayable && idempotent)
                 }
             };
             drop(in_flight);
-            if safe && may_retry && self.allow_retry(route, &deadlines()) {
+            if safe && may_retry && self.allow_retry(&route, &deadlines(out)) {
                 retries += 1;
                 continue;
             }
             why.retryable = safe;
             return Err(error);
         }
+    }
+
+    /// How an endpoint's answer counts: by the classifier, and as retryable when an earlier
+    /// router says its failure is safe to send again (`l5d-retryable`).
+    fn judge(&self, out: &Outbound, response: &Response<Incoming>) -> Class {
+        let (status, headers) = (response.status(), response.headers());
+        let class = classify(&self.settings.classifier, &out.parts.method, out.grpc, status, headers);
+        if headers.get(L5D_RETRYABLE).is_some_and(|v| v == "true") && class != Class::Success {
+            return Class::Failure { retryable: true };
+        }
+        class
+    }
+
+    /// The endpoint's response, on its way to the client: hop-by-hop headers gone, in the
+    /// version the client speaks, its body streamed (or, for a switch of protocols, the two
+    /// connections joined).
+    fn relay(
+        &self,
+        out: &mut Outbound,
+        mut response: Response<Incoming>,
+        in_flight: InFlight,
+        grpc: Option<GrpcOutcome>,
+    ) -> Response<ResponseBody> {
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        strip_hop_by_hop(response.headers_mut(), switching);
+        *response.version_mut() = out.downstream;
+        if switching {
+            if let Some((downstream, connection)) = out.on_upgrade.take() {
+                splice_upgrade(downstream, hyper::upgrade::on(&mut response), connection);
+            }
+            return response.map(|_| ResponseBody::empty());
+        }
+        let idle = self.settings.response_body_idle_timeout;
+        response.map(|body| ResponseBody::upstream(body, in_flight, grpc, idle))
     }
 
     /// Reads a small request body whole (see `max_replay_body_bytes`), so that the request
@@ -781,6 +872,33 @@ impl Proxy {
     }
 }
 
+/// What one attempt at an endpoint came to.
+enum Dispatched {
+    Answered(Response<Incoming>),
+    Failed(hyper_util::client::legacy::Error),
+    TimedOut,
+}
+
+/// Sends `request` to `endpoint` as `wire` says, giving up at `deadline`.
+async fn dispatch(
+    endpoint: &Endpoint,
+    request: Request<RequestBody>,
+    wire: Wire,
+    deadline: Option<Instant>,
+) -> Dispatched {
+    let sent = endpoint.client.get(wire).request(request);
+    let outcome = match deadline {
+        // Boxed: only requests with a deadline carry a timer.
+        Some(deadline) => Box::pin(tokio::time::timeout_at(deadline, sent)).await.ok(),
+        None => Some(sent.await),
+    };
+    match outcome {
+        Some(Ok(response)) => Dispatched::Answered(response),
+        Some(Err(e)) => Dispatched::Failed(e),
+        None => Dispatched::TimedOut,
+    }
+}
+
 /// Empty request parts but for the method, which classifying the response still needs.
 fn parts_of(method: &Method) -> http::request::Parts {
     let mut parts = Request::new(()).into_parts().0;
@@ -790,8 +908,14 @@ fn parts_of(method: &Method) -> http::request::Parts {
 
 /// Joins the client's and the endpoint's upgraded connections (WebSocket and the like) and
 /// copies bytes both ways until either side closes.
-fn splice_upgrade(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+fn splice_upgrade(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    connection: Option<Arc<ConnectionInfo>>,
+) {
     tokio::spawn(async move {
+        // The client's connection counts against its listener's limit until the tunnel ends.
+        let _connection = connection;
         let (down, up) = match tokio::try_join!(downstream, upstream) {
             Ok(pair) => pair,
             Err(e) => {
@@ -805,4 +929,164 @@ fn splice_upgrade(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrad
             tracing::debug!(error = %e, "upgraded connection ended");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    use super::*;
+    use crate::client::tests::InMemory;
+
+    /// An endpoint in this process, reached over in-memory pipes: it answers with the version
+    /// and path it saw, and with the status in `x-status` (a 503 the first `fail_first` times).
+    fn endpoint(fail_first: usize) -> (InMemory, Arc<AtomicUsize>) {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let hits = seen.clone();
+        let memory = InMemory::new(move |io| {
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let n = hits.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                        }
+                        let text = format!("{:?} {}", req.version(), req.uri().path());
+                        let mut response = Response::new(Full::new(Bytes::from(text)));
+                        if n < fail_first {
+                            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), service)
+                    .await;
+            });
+        });
+        (memory, seen)
+    }
+
+    /// A listener's pipeline over a standalone dtab, whose endpoints are `memory`.
+    async fn pipeline(yaml: &str, memory: InMemory) -> Arc<ListenerProxy> {
+        let config = RouterConfig::from_yaml(yaml).unwrap();
+        let crate::naming::InterpreterConfig::Standalone { dtab, .. } = &config.interpreter else {
+            panic!("standalone")
+        };
+        let naming = Naming::standalone(dtab.parse().unwrap(), &[]).await.unwrap();
+        let mut client = ClientSettings::new(&config.client).unwrap();
+        client.memory = Some(memory);
+        let proxy = Proxy::new(&config, naming, Arc::new(client), Metrics::new());
+        let listener = &config.listeners[0];
+        let bound = SocketAddr::from(([127, 0, 0, 1], 4140));
+        Arc::new(ListenerProxy::new(proxy, listener, &config.identifier, &config.prefix(listener), bound))
+    }
+
+    const STANDALONE: &str = "interpreter:\n  kind: standalone\n  dtab: /svc => /$/inet/127.0.0.1/8080\n";
+
+    async fn text(response: Response<ResponseBody>) -> String {
+        String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_whole_pipeline_runs_without_sockets() {
+        let (memory, hits) = endpoint(0);
+        let proxy = pipeline(STANDALONE, memory).await;
+        let request = Request::get("/hello").header("host", "web").body(Full::new(Bytes::new())).unwrap();
+        let response = proxy.clone().serve(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[L5D_SUCCESS_CLASS], "1.0");
+        assert_eq!(text(response).await, "HTTP/1.1 /hello");
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        // Recorded once, for the logical and the bound name.
+        let metrics = proxy.proxy.routes.metrics().encode();
+        for series in [
+            r#"router_service_responses_total{service="/svc/web",status_class="2xx",classification="success"} 1"#,
+            r#"router_client_responses_total{client="/$/inet/127.0.0.1/8080",status_class="2xx",classification="success"} 1"#,
+        ] {
+            assert!(metrics.contains(series), "{series} in\n{metrics}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_connection_a_request_came_on_reaches_the_balancer() {
+        let (memory, hits) = endpoint(0);
+        let proxy = pipeline(STANDALONE, memory).await;
+        // A connection accepted on the very address the name is bound to: a loop, which
+        // the balance stage can only see through the request's connection context.
+        let connections = crate::conn::Connections::new(
+            "outbound",
+            crate::conn::ServerLimits {
+                header_read_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(10),
+                max_connections: 10,
+            },
+            &Default::default(),
+        );
+        let local = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let info = connections.open(SocketAddr::from(([127, 0, 0, 1], 5555)), local, None, None);
+        let mut request = Request::get("/").header("host", "web").body(Full::new(Bytes::new())).unwrap();
+        request.extensions_mut().insert(info);
+        let response = proxy.serve(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert!(text(response).await.contains("this router's own listener"));
+        assert_eq!(hits.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_routing_failure_becomes_a_response_in_the_one_place() {
+        let (memory, hits) = endpoint(0);
+        let proxy = pipeline("interpreter:\n  kind: standalone\n  dtab: /svc/web => ~\n", memory).await;
+        let request = Request::get("/").header("host", "web").body(Full::new(Bytes::new())).unwrap();
+        let response = proxy.serve(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert!(response.headers().contains_key(crate::context::L5D_ERR));
+        assert!(text(response).await.contains("/svc/web is not bound"));
+        assert_eq!(hits.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_retryable_failure_is_sent_again_within_the_budget() {
+        let (memory, hits) = endpoint(1);
+        let yaml = format!("{STANDALONE}service:\n  response_classifier:\n    kind: retryable_read_5xx\n");
+        let proxy = pipeline(&yaml, memory).await;
+        let request = Request::get("/").header("host", "web").body(Full::new(Bytes::new())).unwrap();
+        let response = proxy.clone().serve(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(hits.load(Ordering::SeqCst), 2, "the 503 was retried");
+        let metrics = proxy.proxy.routes.metrics().encode();
+        assert!(metrics.contains(r#"router_service_retries_total{service="/svc/web"} 1"#), "{metrics}");
+    }
+
+    #[tokio::test]
+    async fn dispatching_an_attempt_speaks_the_wire_it_is_given() {
+        let (memory, _) = endpoint(0);
+        let mut settings = ClientSettings::new(&crate::client::ClientConfig::default()).unwrap();
+        settings.memory = Some(memory);
+        let addr = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let client = crate::client::EndpointClient::new(addr, None, Arc::new(settings), Default::default());
+        let balance = Arc::new(BalanceSettings::new(&Default::default(), &Default::default()));
+        let endpoint = Endpoint::new(addr, 1.0, client, balance);
+        for (wire, version) in [(Wire::Http1, Version::HTTP_11), (Wire::Http2, Version::HTTP_2)] {
+            let mut request = Request::new(RequestBody::Empty);
+            *request.uri_mut() = "http://web/x".parse().unwrap();
+            *request.version_mut() = version;
+            let Dispatched::Answered(response) = dispatch(&endpoint, request, wire, None).await else {
+                panic!("no answer over {wire:?}")
+            };
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, format!("{version:?} /x"));
+        }
+        // An answer later than the attempt's deadline is not waited for.
+        let mut request = Request::new(RequestBody::Empty);
+        *request.uri_mut() = "http://web/slow".parse().unwrap();
+        let deadline = Instant::now() + Duration::from_millis(50);
+        assert!(matches!(dispatch(&endpoint, request, Wire::Http1, Some(deadline)).await, Dispatched::TimedOut));
+    }
 }

@@ -24,15 +24,14 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use waymark_dtab::{Addr, BoundLeaf, Dtab, NameTree, Path};
+use waymark_dtab::{APP_PROTOCOL_KEY, Addr, BoundLeaf, Dtab, NameTree, Path};
 use waymark_interpreter::{BindState, Resolver};
 
 use crate::balance::{self, BalanceSettings, Endpoint};
-use crate::client::{ClientSettings, EndpointClient};
+use crate::client::{ClientSettings, EndpointClient, EndpointProtocol};
 use crate::context::ctx_dtab_value;
 use crate::metrics::{ClientMetrics, EvictionLabels, Metrics, ServiceMetrics};
 use crate::retry::{BudgetConfig, RetryBudget};
-use crate::rng;
 use crate::sync::{lock, read, write};
 
 /// Limits on live bindings (Linkerd 1's `bindingCache`).
@@ -133,6 +132,8 @@ pub(crate) struct Leaf {
 #[derive(Debug)]
 pub(crate) struct Concrete {
     pub(crate) id: Path,
+    /// What the configuration (`client.destinations`) says its endpoints speak.
+    pub(crate) protocol: Option<EndpointProtocol>,
     pub(crate) endpoints: watch::Receiver<Arc<Endpoints>>,
     pub(crate) metrics: Arc<ClientMetrics>,
     /// `l5d-dst-client`, built once.
@@ -521,6 +522,7 @@ impl Routes {
         });
         let concrete = Arc::new(Concrete {
             id: id.clone(),
+            protocol: self.client.destination_protocol(id),
             endpoints,
             dst_client: header_value(&name),
             metrics,
@@ -546,6 +548,11 @@ impl Routes {
             tracing::debug!(evicted, live = self.len(), "idle bindings evicted");
         }
         evicted
+    }
+
+    /// The metrics the bindings are counted in.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// How many bindings are live.
@@ -587,10 +594,17 @@ fn build_endpoints(
             for address in addrs {
                 let sa: SocketAddr = address.socket_addr();
                 let weight = address.weight();
-                if let Some(existing) = current.iter().find(|e| e.addr == sa && e.weight() == weight) {
+                let protocol = address
+                    .meta
+                    .get(APP_PROTOCOL_KEY)
+                    .and_then(|v| v.as_str())
+                    .and_then(EndpointProtocol::from_app_protocol);
+                if let Some(existing) =
+                    current.iter().find(|e| e.addr == sa && e.weight() == weight && e.client.protocol() == protocol)
+                {
                     list.push(existing.clone());
                 } else if !list.iter().any(|e| e.addr == sa) {
-                    let client = EndpointClient::new(sa, client.clone(), metrics.connections.clone());
+                    let client = EndpointClient::new(sa, protocol, client.clone(), metrics.connections.clone());
                     list.push(Arc::new(Endpoint::new(sa, weight, client, balance.clone())));
                 }
             }
@@ -657,7 +671,7 @@ fn choose_weighted(branches: &[(f64, Tree)]) -> Choice<'_> {
             .map(|(_, (w, _))| *w)
             .sum();
         let index = if total > 0.0 {
-            let mut point = rng::unit() * total;
+            let mut point = waymark_random::unit() * total;
             let mut chosen = None;
             for (i, (w, _)) in branches.iter().enumerate() {
                 if i < 64 && excluded & (1 << i) != 0 {
@@ -824,5 +838,74 @@ mod tests {
         assert!(routes.len() <= 10, "{}", routes.len());
         let again = routes.get(key("/svc/0")).unwrap();
         assert!(!Arc::ptr_eq(&first, &again), "the oldest binding was dropped and made anew");
+    }
+
+    /// A leaf whose bound name has `endpoints` endpoints (ports from `port`).
+    fn leaf(port: u16, endpoints: usize) -> Tree {
+        let settings = Arc::new(BalanceSettings::new(&LoadBalancerConfig::default(), &FailureAccrualConfig::default()));
+        let list = (0..endpoints)
+            .map(|i| {
+                let addr: SocketAddr = ([127, 0, 0, 1], port + i as u16).into();
+                Arc::new(Endpoint::new(addr, 1.0, crate::client::tests::test_client(addr), settings.clone()))
+            })
+            .collect();
+        let id: Path = format!("/$/inet/127.0.0.1/{port}").parse().unwrap();
+        let metrics = Metrics::new().client(&id.to_string());
+        Tree::Leaf(Leaf {
+            concrete: Arc::new(Concrete {
+                id,
+                protocol: None,
+                endpoints: watch::channel(Arc::new(Endpoints::Bound(list))).1,
+                metrics,
+                dst_client: HeaderValue::from_static("-"),
+                task: None,
+            }),
+            residual: None,
+        })
+    }
+
+    /// How often each branch's leaf is chosen in `draws` choices (by the leaf's port).
+    fn shares(branches: &[(f64, Tree)], draws: usize) -> HashMap<u16, usize> {
+        let mut counts = HashMap::new();
+        for _ in 0..draws {
+            match choose_weighted(branches) {
+                Choice::Endpoint { endpoint, .. } => *counts.entry(endpoint.addr.port()).or_insert(0) += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        counts
+    }
+
+    #[test]
+    fn union_branches_are_chosen_by_weight() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let _guard = rt.enter();
+        waymark_random::seed(7);
+        let counts = shares(&[(3.0, leaf(1000, 1)), (1.0, leaf(2000, 1))], 8_000);
+        let (a, b) = (counts[&1000], counts[&2000]);
+        assert!((5_700..=6_300).contains(&a) && a + b == 8_000, "3:1 expected, got {a}:{b}");
+        // Zero weights all round share alike.
+        let counts = shares(&[(0.0, leaf(1000, 1)), (0.0, leaf(2000, 1))], 100);
+        assert_eq!(counts.len(), 1, "the first of equals: {counts:?}");
+    }
+
+    #[test]
+    fn union_branches_that_cannot_take_the_request_are_passed_over() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let _guard = rt.enter();
+        waymark_random::seed(11);
+        // The heavy branch has no endpoints, or is negative, or says fail: the light one takes
+        // every request.
+        for heavy in [leaf(1000, 0), Tree::Neg, Tree::Fail, Tree::Empty] {
+            let counts = shares(&[(99.0, heavy), (1.0, leaf(2000, 1))], 200);
+            assert_eq!(counts.get(&2000), Some(&200), "{counts:?}");
+        }
+        // Nothing usable at all: the reason of the last branch tried.
+        assert!(matches!(
+            choose_weighted(&[(1.0, leaf(1000, 0)), (1.0, Tree::Neg)]),
+            Choice::NoEndpoints(_) | Choice::Neg
+        ));
+        // A union of failures is negative, as the dtab crate simplifies it.
+        assert!(matches!(choose_weighted(&[(1.0, Tree::Fail)]), Choice::Neg));
     }
 }

@@ -78,6 +78,12 @@ pub struct ListenerConfig {
     /// abandoned with a 408 (nginx's `client_body_timeout`).
     #[serde(default = "default_request_body_idle_timeout_ms")]
     pub request_body_idle_timeout_ms: u64,
+    /// Read where each connection was headed before the kernel redirected it here
+    /// (`SO_ORIGINAL_DST`, for a listener that iptables sends intercepted traffic to), and
+    /// give it to every request in its connection context. A connection made to the listener
+    /// itself has none.
+    #[serde(default)]
+    pub original_dst: bool,
 }
 
 fn default_name() -> String {
@@ -120,6 +126,7 @@ impl Default for ListenerConfig {
             idle_timeout_ms: default_idle_timeout_ms(),
             max_connections: default_max_connections(),
             request_body_idle_timeout_ms: default_request_body_idle_timeout_ms(),
+            original_dst: false,
         }
     }
 }
@@ -226,6 +233,22 @@ impl Incoming {
     }
 }
 
+/// Where `stream` was headed before the kernel redirected it to this listener: `None` when
+/// it was not redirected (the address it names is the listener's own, or there is none).
+pub(crate) fn original_dst(stream: &TcpStream, local: SocketAddr) -> Option<SocketAddr> {
+    #[cfg(target_os = "linux")]
+    {
+        let socket = socket2::SockRef::from(stream);
+        let found = if local.is_ipv4() { socket.original_dst_v4() } else { socket.original_dst_v6() };
+        found.ok().and_then(|addr| addr.as_socket()).filter(|addr| *addr != local && addr.port() != 0)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (stream, local);
+        None
+    }
+}
+
 /// What TLS says about the client of `stream`.
 fn tls_peer(stream: &TlsStream<TcpStream>) -> TlsPeer {
     let session = stream.get_ref().1;
@@ -246,18 +269,20 @@ pub(crate) async fn serve(
     connections: Arc<Connections>,
     drained: mpsc::Sender<()>,
     shutdown: watch::Receiver<bool>,
+    read_original_dst: bool,
 ) {
     let builder = Arc::new(http_builder());
     let local = incoming.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let mut stop = shutdown.clone();
     loop {
-        let (stream, peer, tls) = match &mut incoming {
+        let (stream, peer, tls, original) = match &mut incoming {
             Incoming::Plain(listener) => tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         // Requests are small and latency matters more than packet count.
                         let _ = stream.set_nodelay(true);
-                        (Either::Left(stream), peer, None)
+                        let original = read_original_dst.then(|| original_dst(&stream, local)).flatten();
+                        (Either::Left(stream), peer, None, original)
                     }
                     Err(e) => {
                         let pause = connections.accept_failed(&e);
@@ -270,9 +295,11 @@ pub(crate) async fn serve(
             Incoming::Tls(tls) => tokio::select! {
                 accepted = tls.accept() => match accepted {
                     Some((stream, peer)) => {
-                        let _ = stream.get_ref().0.set_nodelay(true);
+                        let tcp = stream.get_ref().0;
+                        let _ = tcp.set_nodelay(true);
+                        let original = read_original_dst.then(|| original_dst(tcp, local)).flatten();
                         let peer_tls = tls_peer(&stream);
-                        (Either::Right(stream), peer, Some(peer_tls))
+                        (Either::Right(stream), peer, Some(peer_tls), original)
                     }
                     None => break,
                 },
@@ -283,7 +310,7 @@ pub(crate) async fn serve(
             tracing::debug!(%peer, "refused: at the connection limit with every connection busy");
             continue;
         }
-        let info = connections.open(peer, local, tls, None);
+        let info = connections.open(peer, local, tls, original);
         let (proxy, builder) = (proxy.clone(), builder.clone());
         let (drained, mut shutdown) = (drained.clone(), shutdown.clone());
         tokio::spawn(
@@ -325,4 +352,18 @@ async fn serve_connection<S>(
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     conn::watch(conn, |conn| conn.graceful_shutdown(), &info, stopped(shutdown)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_made_to_the_listener_itself_has_no_original_destination() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(local).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert_eq!(original_dst(&accepted, local), None);
+    }
 }

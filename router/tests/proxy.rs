@@ -35,19 +35,6 @@ async fn http1_routes_by_host_and_adds_linkerd_headers() {
 }
 
 #[tokio::test]
-async fn http2_prior_knowledge_goes_upstream_as_http2() {
-    let web = upstream("web").await;
-    // HTTP/2 clients send :authority, which the router names the request by.
-    let resolver = TestResolver::new(&format!("/svc/127.0.0.1 => {}", web.id()));
-    let router = router(config(""), resolver).await;
-    let client = h2();
-    let req = Request::get(format!("http://{}/x", router.addr())).body(Full::new(Bytes::new())).unwrap();
-    let got = send(&client, req).await;
-    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
-    assert_eq!(got.json()["version"], "HTTP/2.0");
-}
-
-#[tokio::test]
 async fn bodies_stream_through_in_both_directions() {
     let web = upstream("web").await;
     let resolver = TestResolver::new(&format!("/svc/web => {}", web.id()));

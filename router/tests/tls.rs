@@ -39,7 +39,7 @@ async fn alpn_h2_and_http1_over_tls() {
     ));
     let router = router(cfg, TestResolver::new(&format!("/svc/web => {}", web.id()))).await;
 
-    for (alpn, version) in [(&b"h2"[..], "HTTP/2.0"), (&b"http/1.1"[..], "HTTP/1.1")] {
+    for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
         let tcp = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
         let connector = tokio_rustls::TlsConnector::from(client_config(&certified.cert, alpn));
         let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
@@ -60,7 +60,7 @@ async fn alpn_h2_and_http1_over_tls() {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["upstream"], "web");
-        assert_eq!(json["version"], version, "the endpoint is reached with the version ALPN chose");
+        assert_eq!(json["version"], "HTTP/1.1", "the endpoint is reached in its own protocol, whatever ALPN chose");
     }
 }
 
@@ -107,11 +107,12 @@ async fn two_routers_talk_mutual_tls_and_a_router_without_a_certificate_is_refus
     let got = get(&h1(), outbound.addr(), "web", &[]).await;
     assert_eq!((got.status, got.upstream()), (StatusCode::OK, "web".to_string()), "{}", got.text());
     assert_eq!(got.json()["version"], "HTTP/1.1");
-    // HTTP/2 is offered through ALPN on its own connections.
+    // Between the routers, ALPN chose HTTP/2 (the inbound router says so in Via).
+    assert_eq!(got.seen("via").as_deref(), Some("1.1 waymark, 2 waymark"));
     let req = Request::get(format!("http://{}/", outbound.addr())).body(Full::new(Bytes::new()));
     let got = send(&h2(), req.unwrap()).await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.text());
-    assert_eq!(got.json()["version"], "HTTP/2.0", "the hop between the routers was HTTP/2");
+    assert_eq!(got.seen("via").as_deref(), Some("2 waymark, 2 waymark"));
 
     // A router that trusts the inbound one but has no certificate of its own gets nowhere.
     let anonymous_cfg = config(&format!("client:\n  tls: {{ca_path: {ca}, server_name: router.mesh}}\n"));
@@ -127,4 +128,50 @@ async fn two_routers_talk_mutual_tls_and_a_router_without_a_certificate_is_refus
     assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
     assert!(refused.text().contains("certificate"), "{}", refused.text());
     assert_eq!(web.hits.load(std::sync::atomic::Ordering::SeqCst), 2, "only the two mutual-TLS requests arrived");
+}
+
+#[tokio::test]
+async fn a_silent_tls_client_holds_up_nobody_and_is_let_go() {
+    let web = upstream("web").await;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
+    let cfg = config(&format!(
+        "listeners:\n  - port: 0\n    tls:\n      cert_path: {}\n      key_path: {}\n",
+        cert_path.display(),
+        key_path.display()
+    ));
+    let router = router(cfg, TestResolver::new(&format!("/svc/web => {}", web.id()))).await;
+    // Clients that connect and never start the handshake...
+    let mut silent: Vec<_> = Vec::new();
+    for _ in 0..50 {
+        silent.push(tokio::net::TcpStream::connect(router.addr()).await.unwrap());
+    }
+    // ...do not stand in the way of one that does.
+    let tcp = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_config(&certified.cert, b"http/1.1"));
+    let tls = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        connector.connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
+    .expect("the handshake is not queued behind the silent clients")
+    .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/").header("host", "web").body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), StatusCode::OK);
+    // The silent ones are let go once the handshake timeout passes.
+    let mut buf = [0u8; 16];
+    for conn in &mut silent {
+        let read = tokio::time::timeout(
+            waymark_tls::HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(20),
+            tokio::io::AsyncReadExt::read(conn, &mut buf),
+        )
+        .await
+        .expect("closed by the router");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
 }

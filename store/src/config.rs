@@ -22,6 +22,7 @@ use waymark_dtab::Dtab;
 use crate::error::StoreError;
 use crate::etcd::{DEFAULT_PREFIX, EtcdStore, EtcdStoreOptions, EtcdTls};
 use crate::file::{FileStore, FileStoreOptions};
+use crate::limits::{LimitedStore, StoreLimits};
 use crate::memory::{DEFAULT_HISTORY_LIMIT, MemoryStore};
 use crate::metrics::{InstrumentedStore, ParseFailureMetrics, StoreMetrics};
 use crate::namespace::Namespace;
@@ -54,6 +55,10 @@ pub struct MemoryConfig {
     /// How many history entries each namespace keeps (at least 1).
     #[serde(default = "default_history_limit")]
     pub history_limit: usize,
+    /// What the store may hold: `max_namespaces` and `max_stored_bytes` (of dtabs in
+    /// service); a write past either is refused.
+    #[serde(default)]
+    pub limits: StoreLimits,
 }
 
 /// `kind: file`.
@@ -76,6 +81,10 @@ pub struct FileConfig {
     /// systems that do not deliver them; polling still sees every change.
     #[serde(default = "default_true")]
     pub fs_events: bool,
+    /// What the store may hold: `max_namespaces` and `max_stored_bytes` (of dtabs in
+    /// service); a write past either is refused.
+    #[serde(default)]
+    pub limits: StoreLimits,
 }
 
 /// `kind: etcd`.
@@ -115,6 +124,10 @@ pub struct EtcdConfig {
     /// How many history entries each namespace keeps (at least 1).
     #[serde(default = "default_history_limit")]
     pub history_limit: usize,
+    /// What the store may hold: `max_namespaces` and `max_stored_bytes` (of dtabs in
+    /// service); a write past either is refused.
+    #[serde(default)]
+    pub limits: StoreLimits,
 }
 
 /// TLS settings for etcd.
@@ -161,7 +174,11 @@ impl Default for StoreConfig {
 
 impl Default for MemoryConfig {
     fn default() -> Self {
-        MemoryConfig { namespaces: BTreeMap::new(), history_limit: DEFAULT_HISTORY_LIMIT }
+        MemoryConfig {
+            namespaces: BTreeMap::new(),
+            history_limit: DEFAULT_HISTORY_LIMIT,
+            limits: StoreLimits::default(),
+        }
     }
 }
 
@@ -172,6 +189,15 @@ impl StoreConfig {
             StoreConfig::Memory(_) => "memory",
             StoreConfig::File(_) => "file",
             StoreConfig::Etcd(_) => "etcd",
+        }
+    }
+
+    /// What the store may hold.
+    pub fn limits(&self) -> StoreLimits {
+        match self {
+            StoreConfig::Memory(c) => c.limits,
+            StoreConfig::File(c) => c.limits,
+            StoreConfig::Etcd(c) => c.limits,
         }
     }
 
@@ -202,6 +228,9 @@ impl StoreConfig {
             }
             StoreConfig::Etcd(c) => c.check(&mut problems),
         }
+        for (path, message) in self.limits().problems() {
+            problems.add(path, message);
+        }
         problems.into_result()
     }
 
@@ -218,6 +247,11 @@ impl StoreConfig {
     }
 
     async fn build_counting(&self, parse_failures: ParseFailureMetrics) -> Result<Arc<dyn DtabStore>, StoreError> {
+        let store = self.build_backend(parse_failures).await?;
+        Ok(Arc::new(LimitedStore::new(store, self.limits())))
+    }
+
+    async fn build_backend(&self, parse_failures: ParseFailureMetrics) -> Result<Arc<dyn DtabStore>, StoreError> {
         self.validate().map_err(|e| StoreError::Invalid(format!("{} store configuration: {e}", self.kind())))?;
         match self {
             StoreConfig::Memory(c) => {
@@ -464,6 +498,7 @@ mod tests {
                 history_limit: 100,
                 poll_interval_ms: 2000,
                 fs_events: true,
+                limits: StoreLimits::default(),
             })
         );
     }

@@ -22,6 +22,9 @@ pub enum StoreError {
     /// The backing store cannot be reached or failed; retrying later may succeed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The write would pass one of the store's limits (namespaces, bytes); the text says which.
+    #[error("store limit reached: {0}")]
+    LimitReached(String),
 }
 
 impl StoreError {
@@ -33,6 +36,7 @@ impl StoreError {
             StoreError::Conflict => "conflict",
             StoreError::Invalid(_) => "invalid",
             StoreError::Unavailable(_) => "unavailable",
+            StoreError::LimitReached(_) => "limit_reached",
         }
     }
 }

@@ -45,7 +45,9 @@ use crate::hub::WatchHub;
 use crate::memory::DEFAULT_HISTORY_LIMIT;
 use crate::metrics::ParseFailureMetrics;
 use crate::namespace::Namespace;
-use crate::store::{ChangeMeta, DtabStore, HistoryEntry, StoreHealth, Version, VersionedDtab};
+use crate::store::{
+    ChangeMeta, DtabStore, HistoryEntry, HistoryPage, HistorySlice, StoreHealth, Version, VersionedDtab,
+};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "/waymark/dtabs/";
@@ -355,6 +357,57 @@ impl DtabStore for EtcdStore {
             }
         }
         Ok(entries)
+    }
+
+    /// Lists the page's keys first, then fetches their values a few at a time until the page
+    /// is full, so that a page costs what is on it.
+    async fn history_page(&self, ns: &Namespace, page: &HistoryPage) -> Result<HistorySlice, StoreError> {
+        let s = &self.shared;
+        let mut kv = s.client()?.kv_client();
+        let wanted = page.offset.saturating_add(page.limit).saturating_add(1).min(s.history_limit);
+        let keys = GetOptions::new()
+            .with_prefix()
+            .with_keys_only()
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_limit(i64::try_from(wanted).unwrap_or(i64::MAX));
+        let listed = s.call(kv.get(s.history_prefix(ns).as_bytes(), Some(keys))).await?;
+        if listed.kvs().is_empty() {
+            let exists = s.call(kv.get(s.key(ns).as_bytes(), Some(GetOptions::new().with_count_only()))).await?;
+            if exists.count() == 0 && page.offset == 0 {
+                return Err(StoreError::NotFound(ns.clone()));
+            }
+        }
+        let keys: Vec<Vec<u8>> = listed.kvs().iter().skip(page.offset).map(|kv| kv.key().to_vec()).collect();
+        let (mut entries, mut bytes) = (Vec::new(), 0usize);
+        for batch in keys.chunks(HISTORY_PAGE_BATCH) {
+            let gets: Vec<TxnOp> = batch.iter().map(|key| TxnOp::get(key.clone(), None)).collect();
+            let response = s.call(kv.txn(Txn::new().and_then(gets))).await?;
+            for op in response.op_responses() {
+                let TxnOpResponse::Get(get) = op else { continue };
+                for kv in get.kvs() {
+                    let record = match HistoryRecord::from_json(kv.value()) {
+                        Ok(record) => record,
+                        Err(error) => {
+                            warn!(key = %String::from_utf8_lossy(kv.key()), %error, "skipping a history record that does not parse");
+                            continue;
+                        }
+                    };
+                    let size = record.dtab.as_ref().map_or(0, String::len);
+                    if entries.len() >= page.limit || (!entries.is_empty() && bytes + size > page.max_bytes) {
+                        return Ok(HistorySlice { entries, more: true });
+                    }
+                    match record.into_entry(Some(revision_version(kv.create_revision()))) {
+                        Ok(entry) => {
+                            bytes += size;
+                            entries.push(entry);
+                        }
+                        Err(error) => warn!(%error, "skipping a history record that does not parse"),
+                    }
+                }
+            }
+        }
+        let more = listed.kvs().len() > page.offset + entries.len() && entries.len() >= page.limit;
+        Ok(HistorySlice { entries, more })
     }
 
     fn watch(&self, ns: &Namespace) -> watch::Receiver<Option<VersionedDtab>> {
@@ -732,27 +785,24 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// Exponential backoff between reconnection attempts, from 50 ms up to a maximum.
+/// Exponential backoff between reconnection attempts, from 50 ms up to a maximum, jittered
+/// so that a fleet of namers that lost etcd together does not reconnect in lock step.
 #[derive(Debug)]
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
+struct Backoff(waymark_random::Attempts);
 
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(50);
 
     fn new(max: Duration) -> Self {
-        Backoff { next: Backoff::FIRST, max }
+        Backoff(waymark_random::Backoff::new(Backoff::FIRST, max).attempts())
     }
 
     fn reset(&mut self) {
-        self.next = Backoff::FIRST;
+        self.0.reset();
     }
 
     async fn wait(&mut self) {
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(self.max);
+        tokio::time::sleep(self.0.next_delay()).await;
     }
 }
 
@@ -773,6 +823,9 @@ fn not_written(ns: &Namespace, response: &TxnResponse) -> StoreError {
     let exists = response.op_responses().iter().any(|r| matches!(r, TxnOpResponse::Get(g) if g.count() > 0));
     if exists { StoreError::Conflict } else { StoreError::NotFound(ns.clone()) }
 }
+
+/// How many history values one round trip of a history page fetches.
+const HISTORY_PAGE_BATCH: usize = 8;
 
 fn revision_version(revision: i64) -> Version {
     Version::from_bytes(revision.to_string())
@@ -828,15 +881,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn backoff_doubles_up_to_its_maximum() {
+    async fn backoff_doubles_up_to_its_maximum_with_jitter() {
         let mut backoff = Backoff::new(Duration::from_millis(300));
         let start = tokio::time::Instant::now();
         for _ in 0..5 {
             backoff.wait().await;
         }
-        // 50 + 100 + 200 + 300 + 300
-        assert_eq!(start.elapsed(), Duration::from_millis(950));
+        // Each wait lies between half and all of 50, 100, 200, 300, 300.
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(475) && elapsed <= Duration::from_millis(950), "{elapsed:?}");
         backoff.reset();
-        assert_eq!(backoff.next, Backoff::FIRST);
+        assert_eq!(backoff.0.failures(), 0);
     }
 }

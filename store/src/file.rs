@@ -43,7 +43,9 @@ use crate::hub::{HubGuard, WatchHub};
 use crate::memory::DEFAULT_HISTORY_LIMIT;
 use crate::metrics::ParseFailureMetrics;
 use crate::namespace::Namespace;
-use crate::store::{ChangeMeta, DtabStore, HistoryEntry, StoreHealth, Version, VersionedDtab};
+use crate::store::{
+    ChangeMeta, DtabStore, HistoryEntry, HistoryPage, HistorySlice, StoreHealth, Version, VersionedDtab,
+};
 
 /// The extension of namespace files.
 const DTAB_EXTENSION: &str = "dtab";
@@ -280,6 +282,33 @@ impl DtabStore for FileStore {
         .await
     }
 
+    /// Reads the log from its end, so that a page costs what is on it (and what it skips),
+    /// not the whole log; only the page's dtabs are parsed.
+    async fn history_page(&self, ns: &Namespace, page: &HistoryPage) -> Result<HistorySlice, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let (ns, page) = (ns.clone(), *page);
+        blocking(move || {
+            let path = shared.history_path(&ns);
+            let read = shared.with_lock(false, || shared.read_history_page(&ns, &page))?;
+            let (records, more) = read.map_err(|e| shared.io_error("read", &path, e))?;
+            let entries: Vec<HistoryEntry> = records
+                .into_iter()
+                .filter_map(|record| match record.into_entry(None) {
+                    Ok(entry) => Some(entry),
+                    Err(error) => {
+                        warn!(file = %path.display(), %error, "skipping a history record that does not parse");
+                        None
+                    }
+                })
+                .collect();
+            if entries.is_empty() && page.offset == 0 && !shared.dtab_path(&ns).exists() {
+                return Err(StoreError::NotFound(ns));
+            }
+            Ok(HistorySlice { entries, more })
+        })
+        .await
+    }
+
     fn watch(&self, ns: &Namespace) -> watch::Receiver<Option<VersionedDtab>> {
         self.shared.hub.subscribe(ns)
     }
@@ -484,6 +513,43 @@ impl Shared {
                 }
             })
             .collect())
+    }
+
+    /// The records of one page of the namespace's history, newest first, and whether older
+    /// ones follow; read from the end of the log.
+    fn read_history_page(&self, ns: &Namespace, page: &HistoryPage) -> io::Result<(Vec<HistoryRecord>, bool)> {
+        let path = self.history_path(ns);
+        let (mut index, mut bytes, mut more) = (0usize, 0usize, false);
+        let mut taken = Vec::new();
+        let visit = |line: &[u8]| {
+            if index >= self.history_limit {
+                return false;
+            }
+            let record = match HistoryRecord::from_json(line) {
+                Ok(record) => record,
+                Err(error) => {
+                    warn!(file = %path.display(), %error, "skipping a history line that does not parse");
+                    return true;
+                }
+            };
+            index += 1;
+            if index <= page.offset {
+                return true;
+            }
+            let size = record.dtab.as_ref().map_or(0, String::len);
+            if taken.len() >= page.limit || (!taken.is_empty() && bytes + size > page.max_bytes) {
+                more = true;
+                return false;
+            }
+            bytes += size;
+            taken.push(record);
+            true
+        };
+        match for_each_line_backwards(&path, visit) {
+            Ok(()) => Ok((taken, more)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((Vec::new(), false)),
+            Err(e) => Err(e),
+        }
     }
 
     /// The namespace files in the directory, by namespace.
@@ -782,6 +848,41 @@ fn digest(bytes: &[u8]) -> Version {
     Version::from_bytes(hex)
 }
 
+/// Calls `visit` with each non-empty line of `path`, last line first, until it returns false.
+/// Reads the file backwards in blocks, so that stopping early reads only the end of it.
+fn for_each_line_backwards(path: &Path, mut visit: impl FnMut(&[u8]) -> bool) -> io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    const BLOCK: u64 = 64 * 1024;
+    let mut file = File::open(path)?;
+    let mut end = file.metadata()?.len();
+    // The start of a line whose beginning is in a block not read yet.
+    let mut partial: Vec<u8> = Vec::new();
+    while end > 0 {
+        let start = end.saturating_sub(BLOCK);
+        let mut block = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut block)?;
+        block.extend_from_slice(&partial);
+        let mut cut = block.len();
+        for i in (0..block.len()).rev() {
+            if block[i] == b'\n' {
+                let line = &block[i + 1..cut];
+                if !line.is_empty() && !visit(line) {
+                    return Ok(());
+                }
+                cut = i;
+            }
+        }
+        block.truncate(cut);
+        partial = block;
+        end = start;
+    }
+    if !partial.is_empty() {
+        visit(&partial);
+    }
+    Ok(())
+}
+
 /// Appends one record to an open history log, durably.
 /// A record that cannot be written whole is cut off again, so that it cannot glue itself to
 /// the next record.
@@ -860,6 +961,28 @@ mod tests {
         assert_eq!(v.as_text().map(str::len), Some(32));
         assert_ne!(v, digest(b"/a=>/c\n"));
         assert_eq!(v, digest(b"/a=>/b\n"));
+    }
+
+    #[test]
+    fn lines_are_read_backwards_across_blocks_and_stopped_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let long = "x".repeat(150_000);
+        fs::write(&path, format!("one\n{long}\n\nthree\nfour")).unwrap();
+        let mut seen = Vec::new();
+        for_each_line_backwards(&path, |line| {
+            seen.push(String::from_utf8(line.to_vec()).unwrap());
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, vec!["four".to_string(), "three".into(), long, "one".into()]);
+        let mut first = Vec::new();
+        for_each_line_backwards(&path, |line| {
+            first.push(line.to_vec());
+            false
+        })
+        .unwrap();
+        assert_eq!(first, vec![b"four".to_vec()]);
     }
 
     #[test]

@@ -12,10 +12,17 @@ use crate::canonical::canonical_text;
 use crate::error::StoreError;
 use crate::hub::WatchHub;
 use crate::namespace::Namespace;
-use crate::store::{ChangeMeta, DtabStore, HistoryEntry, StoreHealth, Version, VersionedDtab};
+use crate::store::{
+    ChangeMeta, DtabStore, HistoryEntry, HistoryPage, HistorySlice, StoreHealth, Version, VersionedDtab, cut_page,
+};
 
 /// How many history entries a namespace keeps unless configured otherwise.
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+
+/// How many deleted namespaces keep their history in a memory store; past it, the history of
+/// the one deleted longest ago is forgotten, so that creating and deleting ever new names
+/// cannot grow the store without bound.
+pub const MAX_DELETED_HISTORIES: usize = 1_000;
 
 /// Dtabs held in this process only, lost when it exits. Versions count writes: the first
 /// write to the store is version 1 and every later write, to any namespace, takes the next
@@ -33,9 +40,23 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct MemoryState {
     dtabs: BTreeMap<Namespace, VersionedDtab>,
-    history: HashMap<Namespace, VecDeque<HistoryEntry>>,
+    /// History is kept as canonical text, parsed only when read: a parsed dtab takes about
+    /// ten times the memory of its text.
+    history: HashMap<Namespace, VecDeque<StoredEntry>>,
+    /// Deleted namespaces that still have a history, deleted longest ago first.
+    deleted: VecDeque<Namespace>,
     /// The last version handed out, by any namespace.
     last_version: u64,
+}
+
+/// A history entry as the memory store keeps it.
+#[derive(Debug, Clone)]
+struct StoredEntry {
+    version: Version,
+    text: Option<Arc<str>>,
+    at: SystemTime,
+    author: Option<String>,
+    message: Option<String>,
 }
 
 /// What a write requires of the namespace's current state.
@@ -75,8 +96,9 @@ impl MemoryStore {
         meta: &ChangeMeta,
     ) -> Result<Version, StoreError> {
         // Keep the dtab the canonical text stands for, as the other stores do.
-        let dtab = dtab.map(canonical_text).transpose()?.map(|(_, dtab)| dtab);
-        let dtab = dtab.as_ref();
+        let canonical = dtab.map(canonical_text).transpose()?;
+        let text: Option<Arc<str>> = canonical.as_ref().map(|(text, _)| Arc::from(text.as_str()));
+        let dtab = canonical.as_ref().map(|(_, dtab)| dtab);
         let mut state = self.state();
         let current = state.dtabs.get(ns);
         match (&precondition, current) {
@@ -98,14 +120,23 @@ impl MemoryStore {
             None => state.dtabs.remove(ns),
         };
         let history = state.history.entry(ns.clone()).or_default();
-        history.push_front(HistoryEntry {
+        history.push_front(StoredEntry {
             version: version.clone(),
-            dtab: dtab.cloned(),
+            text,
             at: SystemTime::now(),
             author: meta.author.clone(),
             message: meta.message.clone(),
         });
         history.truncate(self.history_limit);
+        state.deleted.retain(|deleted| deleted != ns);
+        if value.is_none() {
+            state.deleted.push_back(ns.clone());
+            if state.deleted.len() > MAX_DELETED_HISTORIES
+                && let Some(forgotten) = state.deleted.pop_front()
+            {
+                state.history.remove(&forgotten);
+            }
+        }
         // Publishing under the state lock keeps watchers in write order.
         self.hub.lock().set(ns, value);
         Ok(version)
@@ -155,10 +186,21 @@ impl DtabStore for MemoryStore {
     }
 
     async fn history(&self, ns: &Namespace) -> Result<Vec<HistoryEntry>, StoreError> {
-        match self.state().history.get(ns) {
-            Some(entries) if !entries.is_empty() => Ok(entries.iter().cloned().collect()),
-            _ => Err(StoreError::NotFound(ns.clone())),
-        }
+        let page = HistoryPage { offset: 0, limit: usize::MAX, max_bytes: usize::MAX };
+        Ok(self.history_page(ns, &page).await?.entries)
+    }
+
+    async fn history_page(&self, ns: &Namespace, page: &HistoryPage) -> Result<HistorySlice, StoreError> {
+        // Copied out under the lock (the texts are shared, not copied), parsed after it.
+        let entries: Vec<StoredEntry> = match self.state().history.get(ns) {
+            Some(entries) if !entries.is_empty() => entries.iter().skip(page.offset).cloned().collect(),
+            _ => return Err(StoreError::NotFound(ns.clone())),
+        };
+        let size = |e: &StoredEntry| e.text.as_ref().map_or(0, |t| t.len());
+        Ok(cut_page(entries.into_iter(), page, size, |e| {
+            let dtab = e.text.as_deref().map(str::parse::<Dtab>).transpose().ok()?;
+            Some(HistoryEntry { version: e.version, dtab, at: e.at, author: e.author, message: e.message })
+        }))
     }
 
     fn watch(&self, ns: &Namespace) -> watch::Receiver<Option<VersionedDtab>> {

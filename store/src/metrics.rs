@@ -19,7 +19,9 @@ use waymark_dtab::Dtab;
 
 use crate::error::StoreError;
 use crate::namespace::Namespace;
-use crate::store::{ChangeMeta, DtabStore, HistoryEntry, StoreHealth, Version, VersionedDtab};
+use crate::store::{
+    ChangeMeta, DtabStore, HistoryEntry, HistoryPage, HistorySlice, StoreHealth, Version, VersionedDtab,
+};
 
 /// The store's metrics. Cloning shares the underlying series.
 ///
@@ -239,6 +241,10 @@ impl DtabStore for InstrumentedStore {
 
     async fn history(&self, ns: &Namespace) -> Result<Vec<HistoryEntry>, StoreError> {
         self.observe(Op::history, self.inner.history(ns)).await
+    }
+
+    async fn history_page(&self, ns: &Namespace, page: &HistoryPage) -> Result<HistorySlice, StoreError> {
+        self.observe(Op::history, self.inner.history_page(ns, page)).await
     }
 
     fn watch(&self, ns: &Namespace) -> watch::Receiver<Option<VersionedDtab>> {

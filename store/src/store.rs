@@ -61,6 +61,28 @@ pub struct HistoryEntry {
     pub message: Option<String>,
 }
 
+/// Which part of a namespace's history to read: newest first, skipping `offset` entries,
+/// then at most `limit` entries and (after the first) at most `max_bytes` of dtab text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Entries to skip, newest first.
+    pub offset: usize,
+    /// The most entries to return.
+    pub limit: usize,
+    /// The most canonical dtab text to return in all; the first entry is returned whatever
+    /// its size, so that every entry can be read.
+    pub max_bytes: usize,
+}
+
+/// A page of history, and whether older entries follow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistorySlice {
+    /// The entries, newest first.
+    pub entries: Vec<HistoryEntry>,
+    /// More entries follow, from `offset + entries.len()`.
+    pub more: bool,
+}
+
 /// Whether a store can currently serve, for readiness checks and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StoreHealth {
@@ -119,6 +141,17 @@ pub trait DtabStore: Send + Sync + 'static {
     /// [`StoreError::NotFound`] when the namespace has neither a dtab nor any history.
     async fn history(&self, ns: &Namespace) -> Result<Vec<HistoryEntry>, StoreError>;
 
+    /// A page of [`DtabStore::history`], so that reading a long history of large dtabs costs
+    /// one page at a time. [`StoreError::NotFound`] as for `history`.
+    ///
+    /// The default reads the whole history and cuts the page out of it; backends override it
+    /// to read (and parse) only the page.
+    async fn history_page(&self, ns: &Namespace, page: &HistoryPage) -> Result<HistorySlice, StoreError> {
+        let entries = self.history(ns).await?;
+        let size = |e: &HistoryEntry| e.dtab.as_ref().map_or(0, |d| d.to_string().len());
+        Ok(cut_page(entries.into_iter().skip(page.offset), page, size, Some))
+    }
+
     /// The namespace's current value, updated on every change by any writer; `None` while it
     /// does not exist. A dtab whose backing data stops parsing keeps its last good value.
     fn watch(&self, ns: &Namespace) -> watch::Receiver<Option<VersionedDtab>>;
@@ -144,6 +177,27 @@ pub trait DtabStore: Send + Sync + 'static {
         })?;
         self.update(ns, target, &current.version, meta).await
     }
+}
+
+/// The entries of `page` from `entries` (already past the offset), measuring each with
+/// `size` and turning only the ones taken into entries with `entry`; `more` when any is left.
+pub(crate) fn cut_page<T>(
+    entries: impl Iterator<Item = T>,
+    page: &HistoryPage,
+    size: impl Fn(&T) -> usize,
+    entry: impl Fn(T) -> Option<HistoryEntry>,
+) -> HistorySlice {
+    let mut taken = Vec::new();
+    let mut bytes = 0usize;
+    for item in entries {
+        let item_bytes = size(&item);
+        if taken.len() >= page.limit || (!taken.is_empty() && bytes + item_bytes > page.max_bytes) {
+            return HistorySlice { entries: taken, more: true };
+        }
+        bytes += item_bytes;
+        taken.extend(entry(item));
+    }
+    HistorySlice { entries: taken, more: false }
 }
 
 impl Version {

@@ -132,6 +132,7 @@ fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::NotFound(_) => request::root_not_found(),
         StoreError::Unavailable(cause) => Status::unavailable(cause),
+        StoreError::LimitReached(cause) => Status::resource_exhausted(cause),
         other => Status::internal(other.to_string()),
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio_stream::wrappers::WatchStream;
 use waymark_dtab::Dtab;
 use waymark_dtab::json::{DentryJson, dtab_from_json};
-use waymark_store::{ChangeMeta, HistoryEntry, Namespace, StoreError, Version};
+use waymark_store::{ChangeMeta, HistoryPage, Namespace, StoreError, Version};
 
 use super::watch::stream_response;
 use super::{ApiError, HttpApi, document, is_watch, refuse_browser_write};
@@ -27,7 +27,17 @@ pub const MESSAGE_HEADER: &str = "waymark-message";
 #[derive(Debug, Deserialize)]
 pub(crate) struct WatchQuery {
     watch: Option<String>,
+    /// History: entries to skip, newest first.
+    offset: Option<usize>,
+    /// History: the most entries to return.
+    limit: Option<usize>,
 }
+
+/// A history page holds at most this many entries (a `limit` asks for fewer)...
+pub(crate) const HISTORY_PAGE_ENTRIES: usize = 100;
+/// ...and, after its first entry, at most this much dtab text: a long history of large
+/// dtabs is read a page at a time, as the `Link: <...>; rel="next"` header offers.
+pub(crate) const HISTORY_PAGE_BYTES: usize = 2 * 1024 * 1024;
 
 /// The two ways a dtab travels over this API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,8 +295,13 @@ pub(crate) async fn resource(
     }
     if let Some(ns) = rest.strip_suffix("/history") {
         let ns = namespace(ns)?;
+        let page = HistoryPage {
+            offset: q.offset.unwrap_or(0),
+            limit: q.limit.unwrap_or(HISTORY_PAGE_ENTRIES).clamp(1, HISTORY_PAGE_ENTRIES),
+            max_bytes: HISTORY_PAGE_BYTES,
+        };
         return match method {
-            Method::GET | Method::HEAD => history(&api, &ns).await,
+            Method::GET | Method::HEAD => history(&api, &ns, &page).await,
             _ => Err(method_not_allowed("GET, HEAD")),
         };
     }
@@ -369,19 +384,40 @@ fn watch_dtab(api: &HttpApi, ns: &Namespace, codec: Codec) -> Response {
     stream_response(api, "dtab", Some(content_type(codec)), documents)
 }
 
-async fn history(api: &HttpApi, ns: &Namespace) -> Result<Response, ApiError> {
-    let entries: Vec<HistoryEntry> = api.store.history(ns).await?;
-    let json: Vec<HistoryJson> = entries
-        .iter()
-        .map(|e| HistoryJson {
+/// One page of the namespace's history, with a `Link` to the next when there is more. At most
+/// a few pages are read at once: each holds its dtabs parsed while it is written out.
+async fn history(api: &HttpApi, ns: &Namespace, page: &HistoryPage) -> Result<Response, ApiError> {
+    let _slot = tokio::time::timeout(api.request_timeout, api.history_slots.acquire())
+        .await
+        .map_err(|_| ApiError::Unavailable("Request timed out.".into()))?;
+    let slice = api.store.history_page(ns, page).await?;
+    let mut json = String::from("[");
+    for (i, e) in slice.entries.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        let entry = HistoryJson {
             version: etag(&e.version),
             dtab: e.dtab.as_ref().map(Vec::<DentryJson>::from),
             at: rfc3339(e.at),
             author: e.author.clone(),
             message: e.message.clone(),
-        })
-        .collect();
-    Ok(document(Some("application/json"), format!("{}\n", serde_json::to_string(&json).unwrap_or_default())))
+        };
+        json.push_str(&serde_json::to_string(&entry).unwrap_or_default());
+    }
+    json.push_str("]\n");
+    let mut response = document(Some("application/json"), json);
+    if slice.more {
+        let next = format!(
+            "</api/1/dtabs/{ns}/history?offset={}&limit={}>; rel=\"next\"",
+            page.offset + slice.entries.len(),
+            page.limit
+        );
+        if let Ok(value) = HeaderValue::from_str(&next) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    Ok(response)
 }
 
 #[cfg(test)]

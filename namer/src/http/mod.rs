@@ -41,7 +41,12 @@ pub struct HttpApi {
     pub(crate) request_timeout: Duration,
     /// The delegation output limit; rendered JSON with addresses may take four times this.
     pub(crate) max_delegation_bytes: usize,
+    /// History pages read at once.
+    pub(crate) history_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many history pages are read at once; others wait, within the request timeout.
+pub(crate) const HISTORY_PAGES_AT_ONCE: usize = 4;
 
 impl std::fmt::Debug for HttpApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,6 +75,8 @@ pub(crate) enum ApiError {
     Internal(String),
     /// 503: the store is unreachable, or no answer arrived in time.
     Unavailable(String),
+    /// 507: the write would pass one of the store's limits.
+    InsufficientStorage(String),
 }
 
 impl IntoResponse for ApiError {
@@ -88,6 +95,7 @@ impl IntoResponse for ApiError {
             ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, m),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            ApiError::InsufficientStorage(m) => (StatusCode::INSUFFICIENT_STORAGE, m),
         };
         if body.is_empty() {
             return status.into_response();
@@ -108,6 +116,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Invalid(m) => ApiError::BadRequest(m),
             StoreError::Unavailable(m) => ApiError::Unavailable(format!("store unavailable: {m}")),
+            StoreError::LimitReached(m) => ApiError::InsufficientStorage(format!("store limit reached: {m}")),
         }
     }
 }

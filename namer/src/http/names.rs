@@ -158,7 +158,7 @@ fn pick(tree: &NameTree<BoundLeaf>) -> Option<&BoundName> {
             if total <= 0.0 {
                 return branches.iter().find_map(|w| pick(&w.tree));
             }
-            let mut point = fastrand::f64() * total;
+            let mut point = waymark_random::unit() * total;
             for branch in branches {
                 point -= branch.weight.get();
                 if point < 0.0 {

@@ -144,11 +144,29 @@ impl Upstream {
     }
 }
 
-/// Starts an upstream. Requests may ask for `x-delay-ms`, `x-status` and a response header
-/// (`x-respond-with: name=value`); the response body
-/// is JSON: `{"upstream", "version", "headers": {name: value}, "body_len"}`; a request with
-/// `Upgrade: echo` is switched and then echoes bytes.
+/// Which HTTP versions an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    /// HTTP/1.1 and HTTP/2 with prior knowledge.
+    Both,
+    /// HTTP/1.1 only: an HTTP/2 preface is an error.
+    Http1,
+    /// HTTP/2 with prior knowledge only.
+    Http2,
+}
+
+/// Starts an upstream. Requests may ask for `x-delay-ms`, `x-status`, a response header
+/// (`x-respond-with: name=value`) and a response trailer (`x-respond-trailer: name=value`,
+/// declared in `Trailer`); the response body is JSON: `{"upstream", "version", "headers":
+/// {name: value}, "trailers": {name: value}, "body_len"}`; a request with `Upgrade: echo` is
+/// switched and then echoes bytes, one with `Upgrade: websocket` (and the key of RFC 6455's
+/// example) is accepted and echoes every frame it gets.
 pub async fn upstream(name: &str) -> Upstream {
+    upstream_speaking(name, Speaks::Both).await
+}
+
+/// An upstream that speaks only `speaks`.
+pub async fn upstream_speaking(name: &str, speaks: Speaks) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
@@ -161,9 +179,23 @@ pub async fn upstream(name: &str) -> Upstream {
             let (n, h, f, d) = (n.clone(), h.clone(), f.clone(), d.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| handle(req, n.clone(), h.clone(), f.clone(), d.clone()));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .await;
+                let io = TokioIo::new(stream);
+                let _ = match speaks {
+                    Speaks::Both => {
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection_with_upgrades(io, svc)
+                            .await
+                    }
+                    Speaks::Http1 => hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .with_upgrades()
+                        .await
+                        .map_err(Into::into),
+                    Speaks::Http2 => hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc)
+                        .await
+                        .map_err(Into::into),
+                };
             });
         }
     });
@@ -176,7 +208,7 @@ async fn handle(
     hits: Arc<AtomicUsize>,
     fail_with: Arc<AtomicU16>,
     delay_ms: Arc<std::sync::atomic::AtomicU64>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<UpstreamBody>, Infallible> {
     hits.fetch_add(1, Ordering::SeqCst);
     let delay = delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
@@ -194,11 +226,14 @@ async fn handle(
                 let _ = tokio::io::copy(&mut r, &mut w).await;
             }
         });
-        let mut resp = Response::new(Full::new(Bytes::new()));
+        let mut resp = Response::new(body_of(Bytes::new(), None));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         resp.headers_mut().insert("connection", "upgrade".parse().unwrap());
         resp.headers_mut().insert("upgrade", "echo".parse().unwrap());
         return Ok(resp);
+    }
+    if req.headers().get("upgrade").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+        return Ok(websocket(req));
     }
     // A header sent several times shows as its values joined with ", ".
     let mut headers = serde_json::Map::new();
@@ -218,9 +253,25 @@ async fn handle(
         .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
         .or(Some(fail_with.load(Ordering::SeqCst)).filter(|s| *s != 0))
         .unwrap_or(200);
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let json = serde_json::json!({"upstream": name, "version": version, "headers": headers, "body_len": body.len()});
-    let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
+    let collected = req.into_body().collect().await.ok();
+    let mut trailers = serde_json::Map::new();
+    for (k, v) in collected.as_ref().and_then(|c| c.trailers()).into_iter().flatten() {
+        trailers.insert(k.to_string(), v.to_str().unwrap_or("?").into());
+    }
+    let body = collected.map(|c| c.to_bytes()).unwrap_or_default();
+    let json = serde_json::json!({
+        "upstream": name, "version": version, "headers": headers, "trailers": trailers, "body_len": body.len(),
+    });
+    let trailer = headers.get("x-respond-trailer").and_then(|v| v.as_str()?.split_once('=')).map(|(name, value)| {
+        let mut map = HeaderMap::new();
+        map.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        map
+    });
+    let declared = trailer.as_ref().and_then(|t| t.keys().next().cloned());
+    let mut resp = Response::new(body_of(Bytes::from(json.to_string()), trailer));
+    if let Some(name) = declared {
+        resp.headers_mut().insert("trailer", http::HeaderValue::from_str(name.as_str()).unwrap());
+    }
     *resp.status_mut() = StatusCode::from_u16(status).unwrap();
     if let Some((name, value)) = headers.get("x-respond-with").and_then(|v| v.as_str()?.split_once('=')) {
         resp.headers_mut().insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
@@ -228,6 +279,68 @@ async fn handle(
     resp.headers_mut().insert("x-upstream", name.parse().unwrap());
     resp.headers_mut().insert("l5d-upstream-secret", "internal".parse().unwrap());
     Ok(resp)
+}
+
+/// An upstream's response body: data, then trailers when there are any.
+pub type UpstreamBody =
+    http_body_util::StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, Infallible>>>>;
+
+fn body_of(data: Bytes, trailers: Option<HeaderMap>) -> UpstreamBody {
+    let mut frames = vec![Ok(http_body::Frame::data(data))];
+    if let Some(trailers) = trailers {
+        frames.push(Ok(http_body::Frame::trailers(trailers)));
+    }
+    http_body_util::StreamBody::new(futures::stream::iter(frames))
+}
+
+/// RFC 6455's example handshake key, and the answer it must get.
+pub const WEBSOCKET_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const WEBSOCKET_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// Accepts a WebSocket (for RFC 6455's example key only: enough for tests, and no SHA-1 is
+/// needed) and echoes every frame: unmasked, as a server sends them.
+fn websocket(mut req: Request<Incoming>) -> Response<UpstreamBody> {
+    if req.headers().get("sec-websocket-key").is_none_or(|k| k != WEBSOCKET_KEY) {
+        let mut resp = Response::new(body_of(Bytes::from_static(b"unknown key"), None));
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+        return resp;
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let mut io = TokioIo::new(upgraded);
+        loop {
+            let mut head = [0u8; 2];
+            if io.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = usize::from(head[1] & 0x7f);
+            assert!(len < 126, "test frames are short");
+            let mut mask = [0u8; 4];
+            if head[1] & 0x80 != 0 && io.read_exact(&mut mask).await.is_err() {
+                return;
+            }
+            let mut payload = vec![0u8; len];
+            if io.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= mask[i % 4];
+            }
+            let mut frame = vec![head[0], len as u8];
+            frame.extend_from_slice(&payload);
+            if io.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut resp = Response::new(body_of(Bytes::new(), None));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut().insert("connection", "upgrade".parse().unwrap());
+    resp.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+    resp.headers_mut().insert("sec-websocket-accept", WEBSOCKET_ACCEPT.parse().unwrap());
+    resp
 }
 
 /// A running router.

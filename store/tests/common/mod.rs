@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use waymark_dtab::Dtab;
-use waymark_store::{ChangeMeta, DtabStore, MAX_DTAB_BYTES, Namespace, StoreError, Version, VersionedDtab};
+use waymark_store::{
+    ChangeMeta, DtabStore, HistoryPage, MAX_DTAB_BYTES, Namespace, StoreError, Version, VersionedDtab,
+};
 
 /// Guards against a hang when an expected change never comes; tests never assert on time.
 pub(crate) const HANG_GUARD: Duration = Duration::from_secs(60);
@@ -60,6 +62,7 @@ macro_rules! conformance_tests {
             history_is_shared_between_instances,
             history_keeps_only_the_newest_entries_up_to_the_limit,
             history_of_an_unknown_namespace_is_not_found,
+            history_pages_read_the_history_in_order_within_their_size,
             rollback_restores_an_old_dtab_and_is_itself_recorded,
             rollback_to_an_unknown_version_is_invalid,
             health_is_available_and_synced
@@ -462,6 +465,37 @@ pub(crate) async fn history_keeps_only_the_newest_entries_up_to_the_limit(b: &dy
 pub(crate) async fn history_of_an_unknown_namespace_is_not_found(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     assert_eq!(store.history(&ns("never")).await, Err(StoreError::NotFound(ns("never"))));
+}
+
+pub(crate) async fn history_pages_read_the_history_in_order_within_their_size(b: &dyn Backend) {
+    let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
+    let ns_ = ns("web");
+    for i in 0..7 {
+        store.put(&ns_, &dtab(&format!("/a=>/{}", "b".repeat(i + 1))), &meta()).await.unwrap();
+    }
+    let whole = store.history(&ns_).await.unwrap();
+    assert_eq!(whole.len(), CONFORMANCE_HISTORY_LIMIT);
+    let mut paged = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = HistoryPage { offset, limit: 2, max_bytes: usize::MAX };
+        let slice = store.history_page(&ns_, &page).await.unwrap();
+        assert!(slice.entries.len() <= 2);
+        offset += slice.entries.len();
+        paged.extend(slice.entries);
+        if !slice.more {
+            break;
+        }
+    }
+    assert_eq!(paged, whole);
+    // A byte budget cuts a page short, but never below one entry.
+    let tight = store.history_page(&ns_, &HistoryPage { offset: 0, limit: 10, max_bytes: 1 }).await.unwrap();
+    assert_eq!((tight.entries.len(), tight.more), (1, true));
+    assert_eq!(tight.entries[0], whole[0]);
+    let past = store.history_page(&ns_, &HistoryPage { offset: 50, limit: 10, max_bytes: usize::MAX }).await.unwrap();
+    assert_eq!((past.entries.len(), past.more), (0, false));
+    let missing = store.history_page(&ns("never"), &HistoryPage { offset: 0, limit: 10, max_bytes: 1 }).await;
+    assert_eq!(missing, Err(StoreError::NotFound(ns("never"))));
 }
 
 pub(crate) async fn rollback_restores_an_old_dtab_and_is_itself_recorded(b: &dyn Backend) {
