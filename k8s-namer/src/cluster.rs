@@ -36,6 +36,7 @@ use tracing::{Instrument as _, debug, info_span, warn};
 use waymark_dtab::Addr;
 use waymark_interpreter::{Dns, DnsFailure, NamerHealth};
 use waymark_k8s::watch::{ObjectSet, watch_mapped};
+use waymark_random::Backoff;
 
 use crate::model::{
     IdentityNaming, LoadBalancerIngress, PodInfo, PodRef, PodState, ServiceInfo, SliceInfo, addresses,
@@ -48,6 +49,13 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// How many pod reads (GETs and LISTs) one namer runs at once.
 const POD_READS: usize = 16;
+
+/// The first delay before reading again a pod that could not be read; it doubles, with
+/// jitter, up to [`POD_RETRY_MAX`].
+const POD_RETRY_BASE: Duration = Duration::from_secs(1);
+
+/// The longest delay between reads of a pod that could not be read.
+const POD_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// How long a pod no endpoint refers to any more stays known, in case it comes back.
 const POD_KEPT: Duration = Duration::from_secs(60);
@@ -522,7 +530,7 @@ impl ServiceWatch {
                 Ok(Some(_)) | Ok(None) => PodEntry::Gone { uid, seen: now },
                 Err(message) => {
                     state.failures += 1;
-                    let retry_in = Duration::from_secs(1 << attempts.min(6)).min(Duration::from_secs(60));
+                    let retry_in = Backoff::new(POD_RETRY_BASE, POD_RETRY_MAX).delay(attempts);
                     warn!(pod = %name, error = %message, "cannot read the pod; its endpoint waits");
                     PodEntry::Failed { uid, message, retry_at: now + retry_in, attempts: attempts + 1 }
                 }

@@ -32,7 +32,7 @@ pub const ZONE_KEY: &str = "zone";
 pub const POD_KEY: &str = "pod";
 /// Metadata key: the port's application protocol (such as `http`, `kubernetes.io/h2c`), from
 /// which a router chooses HTTP/1.1 or HTTP/2 towards the endpoint.
-pub const APP_PROTOCOL_KEY: &str = "appProtocol";
+pub use waymark_dtab::APP_PROTOCOL_KEY;
 /// Metadata key: the pod's service account.
 pub const SERVICE_ACCOUNT_KEY: &str = "serviceAccount";
 /// Metadata key: a meshed pod's identity,
