@@ -417,6 +417,12 @@ impl Interpreter {
             .collect()
     }
 
+    /// What the namer mounted at `mount` (such as `/#/io.l5d.k8s`) holds, as JSON, when it
+    /// shows its state.
+    pub fn namer_state(&self, mount: &Path) -> Option<serde_json::Value> {
+        self.inner.mounts.iter().find(|(m, _)| m == mount).and_then(|(_, namer)| namer.state_json())
+    }
+
     /// The number of bindings and address sets kept current.
     pub fn active_counts(&self) -> (usize, usize) {
         (lock(&self.inner.bindings).entries.len(), lock(&self.inner.address_sets).len())

@@ -25,6 +25,14 @@ use kube::{Api, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::Instrument as _;
+use waymark_random::{Attempts, Backoff};
+
+/// The first delay after a failure, doubling (with jitter) up to [`RETRY_MAX`], as kube's
+/// default; back to the start after a success.
+const RETRY_BASE: Duration = Duration::from_millis(800);
+
+/// The longest delay between attempts.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Where an object is: namespace (for namespaced kinds) and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -59,20 +67,13 @@ pub struct WatchError {
     pub since: Instant,
 }
 
-/// Delays between attempts after failures: 0.8 s doubling to 30 s, with jitter, as kube's
-/// default; back to the start after a success.
-#[derive(Debug, Default)]
-struct Backoff {
-    failures: u32,
-}
-
 /// The state the task keeps besides what it publishes.
 struct Watcher<K, T, F> {
     api: Api<K>,
     config: watcher::Config,
     map: F,
     tx: watch::Sender<ObjectSet<T>>,
-    backoff: Backoff,
+    backoff: Attempts,
 }
 
 /// Why a watch ended.
@@ -128,18 +129,6 @@ impl ObjectKey {
     }
 }
 
-impl Backoff {
-    fn next_delay(&mut self) -> Duration {
-        let base = Duration::from_millis(800).saturating_mul(1 << self.failures.min(6)).min(Duration::from_secs(30));
-        self.failures = self.failures.saturating_add(1);
-        base.mul_f64(0.5 + fastrand::f64())
-    }
-
-    fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
 /// Watches the objects `api` and `config` select, in a background task that lives as long as
 /// a receiver does.
 pub fn watch_objects<K>(api: Api<K>, config: watcher::Config) -> watch::Receiver<ObjectSet<K>>
@@ -168,7 +157,7 @@ where
         labels = config.label_selector.as_deref().unwrap_or(""),
         fields = config.field_selector.as_deref().unwrap_or(""),
     );
-    let watcher = Watcher { api, config, map, tx, backoff: Backoff::default() };
+    let watcher = Watcher { api, config, map, tx, backoff: Backoff::new(RETRY_BASE, RETRY_MAX).attempts() };
     tokio::spawn(watcher.run().instrument(span));
     rx
 }
@@ -408,23 +397,4 @@ type EventStream<K> = futures::stream::BoxStream<'static, Result<WatchEvent<K>, 
 /// watch task is gone (its runtime shut down).
 pub async fn wait_ready<K>(rx: &mut watch::Receiver<ObjectSet<K>>) -> Result<ObjectSet<K>, watch::error::RecvError> {
     rx.wait_for(|set| set.ready).await.map(|set| set.clone())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_thirty_seconds_with_jitter_and_starts_again_after_success() {
-        let mut backoff = Backoff::default();
-        let first = backoff.next_delay();
-        assert!(first >= Duration::from_millis(400) && first <= Duration::from_millis(1200), "{first:?}");
-        let mut last = first;
-        for _ in 0..20 {
-            last = backoff.next_delay();
-        }
-        assert!(last >= Duration::from_secs(15) && last <= Duration::from_secs(45), "{last:?}");
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(1200));
-    }
 }

@@ -1,5 +1,5 @@
 //! The kinds of namer the namer service offers: the built-in ones every service has, and the
-//! Kubernetes ones, which only this service links.
+//! Kubernetes ones (`waymark-k8s-namer`), which only this service links.
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use waymark_interpreter::namers::{
     ConfigProblem, FsConfig, FsNamer, RewriteConfig, RewriteNamer, StaticConfig, StaticNamer,
 };
 use waymark_interpreter::{Dns, NamerKind, NamerStartError, ServiceNamer};
+use waymark_k8s_namer::{K8sConfig, K8sExternalConfig, K8sNsConfig, KubernetesNamer};
 
 /// One configured namer, chosen by `kind` (Linkerd 1's names).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -22,6 +23,16 @@ pub enum NamerKindConfig {
     /// `io.l5d.rewrite`: a path rewritten by pattern into another path to bind.
     #[serde(rename = "io.l5d.rewrite")]
     Rewrite(RewriteConfig),
+    /// `io.l5d.k8s`: Kubernetes services, `/<namespace>/<port>/<service>`, addresses from
+    /// their EndpointSlices.
+    #[serde(rename = "io.l5d.k8s")]
+    K8s(K8sConfig),
+    /// `io.l5d.k8s.ns`: Kubernetes services of the pod's own namespace, `/<port>/<service>`.
+    #[serde(rename = "io.l5d.k8s.ns")]
+    K8sNs(K8sNsConfig),
+    /// `io.l5d.k8s.external`: Kubernetes services' load-balancer addresses.
+    #[serde(rename = "io.l5d.k8s.external")]
+    K8sExternal(K8sExternalConfig),
 }
 
 impl NamerKind for NamerKindConfig {
@@ -30,6 +41,9 @@ impl NamerKind for NamerKindConfig {
             NamerKindConfig::Fs(c) => &c.prefix,
             NamerKindConfig::Static(c) => &c.prefix,
             NamerKindConfig::Rewrite(c) => &c.prefix,
+            NamerKindConfig::K8s(c) => &c.prefix,
+            NamerKindConfig::K8sNs(c) => &c.prefix,
+            NamerKindConfig::K8sExternal(c) => &c.prefix,
         }
     }
 
@@ -38,6 +52,9 @@ impl NamerKind for NamerKindConfig {
             NamerKindConfig::Fs(c) => c.validate(at, problems),
             NamerKindConfig::Static(c) => c.validate(at, problems),
             NamerKindConfig::Rewrite(c) => c.validate(at, problems),
+            NamerKindConfig::K8s(c) => c.validate(at, problems),
+            NamerKindConfig::K8sNs(c) => c.validate(at, problems),
+            NamerKindConfig::K8sExternal(c) => c.validate(at, problems),
         }
     }
 
@@ -48,6 +65,9 @@ impl NamerKind for NamerKindConfig {
                 Arc::new(StaticNamer::new(c).map_err(|e| NamerStartError::new("io.l5d.static", e))?)
             }
             NamerKindConfig::Rewrite(c) => Arc::new(RewriteNamer::new(c)),
+            NamerKindConfig::K8s(c) => KubernetesNamer::endpoints(c).await?,
+            NamerKindConfig::K8sNs(c) => KubernetesNamer::own_namespace(c).await?,
+            NamerKindConfig::K8sExternal(c) => KubernetesNamer::external(c, dns.clone()).await?,
         })
     }
 }

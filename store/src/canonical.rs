@@ -15,21 +15,24 @@ use crate::store::{ChangeMeta, HistoryEntry, Version};
 /// every backend well inside its limits, and is far beyond any dtab written by hand.
 pub const MAX_DTAB_BYTES: usize = 512 * 1024;
 
-/// One history entry as stored in a file store's history log or an etcd history key.
+/// One history entry as a store writes it to its backing data: a file store's history log,
+/// an etcd history key, a Kubernetes history object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct HistoryRecord {
+pub struct HistoryRecord {
     /// The version the write produced, when the backend cannot derive it from elsewhere (etcd
     /// uses the key's create revision instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) version: Option<String>,
+    pub version: Option<String>,
     /// The canonical dtab text, or `None` for a deletion.
-    pub(crate) dtab: Option<String>,
+    pub dtab: Option<String>,
     /// When, in RFC 3339 (UTC).
-    pub(crate) at: String,
+    pub at: String,
+    /// Who made the change, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) author: Option<String>,
+    pub author: Option<String>,
+    /// Why, when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) message: Option<String>,
+    pub message: Option<String>,
 }
 
 /// The text a store writes for `dtab`, and the dtab that text stands for: the canonical form,
@@ -43,7 +46,7 @@ pub(crate) struct HistoryRecord {
 ///
 /// A parsed [`Dtab`] always has a text form, so [`StoreError::Invalid`] here means a dtab
 /// built in code that has none (such as an empty alternative), or one too large to store.
-pub(crate) fn canonical_text(dtab: &Dtab) -> Result<(String, Dtab), StoreError> {
+pub fn canonical_text(dtab: &Dtab) -> Result<(String, Dtab), StoreError> {
     let mut text = dtab.to_string();
     // Two rounds reach the fixpoint: after one, every weight has at most two decimals.
     for _ in 0..2 {
@@ -66,13 +69,14 @@ pub(crate) fn canonical_text(dtab: &Dtab) -> Result<(String, Dtab), StoreError> 
 }
 
 /// Parses stored dtab text, which may have been edited by hand.
-pub(crate) fn parse_stored(bytes: &[u8]) -> Result<Dtab, String> {
+pub fn parse_stored(bytes: &[u8]) -> Result<Dtab, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
     text.parse::<Dtab>().map_err(|e| e.to_string())
 }
 
 impl HistoryRecord {
-    pub(crate) fn new(version: Option<&Version>, dtab: Option<&str>, at: SystemTime, meta: &ChangeMeta) -> Self {
+    /// A record of a change made now-ish, at `at`.
+    pub fn new(version: Option<&Version>, dtab: Option<&str>, at: SystemTime, meta: &ChangeMeta) -> Self {
         HistoryRecord {
             version: version.and_then(|v| v.as_text()).map(str::to_string),
             dtab: dtab.map(str::to_string),
@@ -82,17 +86,19 @@ impl HistoryRecord {
         }
     }
 
-    pub(crate) fn to_json(&self) -> String {
+    /// The record as one line of JSON.
+    pub fn to_json(&self) -> String {
         // A struct of strings always serialises.
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    pub(crate) fn from_json(bytes: &[u8]) -> Result<Self, String> {
+    /// A record read back from JSON.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
         serde_json::from_slice(bytes).map_err(|e| e.to_string())
     }
 
     /// The entry this record describes; `version` overrides the stored one.
-    pub(crate) fn into_entry(self, version: Option<Version>) -> Result<HistoryEntry, String> {
+    pub fn into_entry(self, version: Option<Version>) -> Result<HistoryEntry, String> {
         let version = version
             .or_else(|| self.version.as_deref().map(Version::from_bytes))
             .ok_or("the history record has no version")?;

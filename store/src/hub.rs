@@ -1,5 +1,8 @@
 //! The watch channels of one store instance: one per namespace under watch, and one for the
 //! namespace list. Backends feed it; [`crate::DtabStore::watch`] reads from it.
+//!
+//! Channels of namespaces that are absent and unwatched are swept away, so that watching ever
+//! new names cannot grow the map without bound.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,7 +19,7 @@ use crate::store::VersionedDtab;
 /// publishing what was read can happen under one lock and never publish an older state after
 /// a newer one.
 #[derive(Debug)]
-pub(crate) struct WatchHub {
+pub struct WatchHub {
     state: Mutex<HubState>,
 }
 
@@ -32,21 +35,30 @@ struct HubState {
 const MIN_SWEEP: usize = 64;
 
 /// Exclusive access to a [`WatchHub`].
-pub(crate) struct HubGuard<'a>(MutexGuard<'a, HubState>);
+pub struct HubGuard<'a>(MutexGuard<'a, HubState>);
+
+impl Default for WatchHub {
+    fn default() -> Self {
+        WatchHub::new()
+    }
+}
 
 impl WatchHub {
-    pub(crate) fn new() -> Self {
+    /// A hub with no namespaces.
+    pub fn new() -> Self {
         let (list, _) = watch::channel(Arc::new(Vec::new()));
         WatchHub { state: Mutex::new(HubState { namespaces: BTreeMap::new(), list, sweep_at: MIN_SWEEP }) }
     }
 
-    pub(crate) fn lock(&self) -> HubGuard<'_> {
+    /// Exclusive access, to read the backing data and publish what was read in one step.
+    pub fn lock(&self) -> HubGuard<'_> {
         // A panic while publishing leaves the map consistent (every step is a whole-value
         // replacement), so a poisoned lock is still safe to use.
         HubGuard(self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
-    pub(crate) fn subscribe(&self, ns: &Namespace) -> watch::Receiver<Option<VersionedDtab>> {
+    /// A watch of `ns`'s value; `None` while it does not exist.
+    pub fn subscribe(&self, ns: &Namespace) -> watch::Receiver<Option<VersionedDtab>> {
         let mut guard = self.lock();
         let state = &mut guard.0;
         // Watches of absent namespaces that were dropped leave channels behind; sweeping them
@@ -58,25 +70,26 @@ impl WatchHub {
         state.namespaces.entry(ns.clone()).or_insert_with(|| watch::channel(None).0).subscribe()
     }
 
-    pub(crate) fn subscribe_list(&self) -> watch::Receiver<Arc<Vec<Namespace>>> {
+    /// A watch of the sorted set of namespaces that have a value.
+    pub fn subscribe_list(&self) -> watch::Receiver<Arc<Vec<Namespace>>> {
         self.lock().0.list.subscribe()
     }
 }
 
 impl HubGuard<'_> {
     /// The value currently published for `ns`.
-    pub(crate) fn get(&self, ns: &Namespace) -> Option<VersionedDtab> {
+    pub fn get(&self, ns: &Namespace) -> Option<VersionedDtab> {
         self.0.namespaces.get(ns).and_then(|tx| tx.borrow().clone())
     }
 
     /// The namespaces that currently have a value.
-    pub(crate) fn namespaces(&self) -> Vec<Namespace> {
+    pub fn namespaces(&self) -> Vec<Namespace> {
         self.0.list.borrow().as_ref().clone()
     }
 
     /// Publishes `value` for `ns`; watchers wake only if it differs from the current one.
     /// Returns whether it did.
-    pub(crate) fn set(&mut self, ns: &Namespace, value: Option<VersionedDtab>) -> bool {
+    pub fn set(&mut self, ns: &Namespace, value: Option<VersionedDtab>) -> bool {
         let changed = self.set_quietly(ns, value);
         if changed {
             self.publish_list();
@@ -86,7 +99,7 @@ impl HubGuard<'_> {
 
     /// Publishes a complete state: every namespace in `values` with its value, every other
     /// one as absent. Used after a full read of the backing data.
-    pub(crate) fn replace_all(&mut self, values: BTreeMap<Namespace, VersionedDtab>) {
+    pub fn replace_all(&mut self, values: BTreeMap<Namespace, VersionedDtab>) {
         let gone: Vec<Namespace> = self.0.namespaces.keys().filter(|ns| !values.contains_key(*ns)).cloned().collect();
         let mut changed = false;
         for ns in gone {

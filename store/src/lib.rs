@@ -64,10 +64,13 @@
 
 mod canonical;
 pub mod config;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod error;
 pub mod etcd;
 pub mod file;
 mod hub;
+pub mod kit;
 pub mod limits;
 mod memory;
 mod metrics;

@@ -67,7 +67,7 @@ impl Default for StoreLimits {
 
 impl StoreLimits {
     /// Problems with these values, as (field, message).
-    pub(crate) fn problems(&self) -> Vec<(&'static str, &'static str)> {
+    pub fn problems(&self) -> Vec<(&'static str, &'static str)> {
         let mut problems = Vec::new();
         if self.max_namespaces == 0 {
             problems.push(("limits.max_namespaces", "must be at least 1"));

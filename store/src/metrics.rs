@@ -141,11 +141,13 @@ impl ParseFailureMetrics {
         self.invalid.get()
     }
 
-    pub(crate) fn record_failure(&self) {
+    /// Counts one value of the backing data that does not parse (once per bad value).
+    pub fn record_failure(&self) {
         self.failures.inc();
     }
 
-    pub(crate) fn set_invalid(&self, n: usize) {
+    /// Sets how many namespaces' backing data does not parse now.
+    pub fn set_invalid(&self, n: usize) {
         self.invalid.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }

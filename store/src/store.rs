@@ -181,7 +181,7 @@ pub trait DtabStore: Send + Sync + 'static {
 
 /// The entries of `page` from `entries` (already past the offset), measuring each with
 /// `size` and turning only the ones taken into entries with `entry`; `more` when any is left.
-pub(crate) fn cut_page<T>(
+pub fn cut_page<T>(
     entries: impl Iterator<Item = T>,
     page: &HistoryPage,
     size: impl Fn(&T) -> usize,

@@ -1,15 +1,15 @@
 //! The etcd store against a real etcd (Debian's `etcd-server`, started per test on free
 //! loopback ports): the conformance suite, then crashes, partitions and compaction.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{Backend, HANG_GUARD, cas_stress, conformance_tests, dtab, eventually, meta, ns, until, until_dtab};
 use etcd_client::{Client, CompactionOptions, GetOptions};
+use waymark_store::conformance::{
+    Backend, HANG_GUARD, cas_stress, conformance_tests, dtab, eventually, meta, ns, until, until_dtab,
+};
 use waymark_store::{DtabStore, EtcdStore, EtcdStoreOptions, StoreConfig, StoreError, StoreHealth, Version};
 use waymark_test_support::{EtcdServer, EtcdServerTls, TcpProxy, TestCa};
 

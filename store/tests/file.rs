@@ -1,8 +1,6 @@
 //! The file store: the conformance suite over a temporary directory, and what only files
 //! have: hand edits, other processes, crashes and polling.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -10,10 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{Backend, cas_stress, conformance_tests, dtab, eventually, meta, ns, until, until_dtab};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use tempfile::TempDir;
+use waymark_store::conformance::{
+    Backend, cas_stress, conformance_tests, dtab, eventually, meta, ns, until, until_dtab,
+};
 use waymark_store::{ChangeMeta, DtabStore, FileStore, FileStoreOptions, StoreConfig, StoreError, StoreMetrics};
 
 /// Store instances over one temporary directory, each with its own lock handles and

@@ -1,11 +1,9 @@
 //! The memory store against the conformance suite, on a paused clock.
 
-mod common;
-
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use common::{Backend, cas_stress, conformance_tests, dtab, meta, ns};
+use waymark_store::conformance::{Backend, cas_stress, conformance_tests, dtab, meta, ns};
 use waymark_store::{ChangeMeta, DtabStore, MemoryStore, StoreConfig, StoreError, Version};
 
 /// One memory store: every "instance" is the same store, as it has no shared backing data.

@@ -148,6 +148,7 @@ impl HttpApi {
         Router::new()
             .route("/dtab/delegator.json", get(names::delegate_query).post(names::delegate_post))
             .route("/bound-names.json", get(names::bound_names))
+            .route("/namer_state/{*namer}", get(names::namer_state))
             .with_state(self)
     }
 }

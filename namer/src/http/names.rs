@@ -297,6 +297,18 @@ pub(crate) async fn delegate_post(
     delegate_in(&api, request.namespace.as_deref().unwrap_or(NO_NAMESPACE), &path, &dtab).await
 }
 
+/// `GET /namer_state/<prefix>.json` (admin port): what the namer mounted at `/#/<prefix>`
+/// holds, for namers that show it (`/namer_state/io.l5d.k8s.json`), as Linkerd 1 does.
+pub(crate) async fn namer_state(
+    State(api): State<HttpApi>,
+    UrlPath(namer): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let prefix = namer.strip_suffix(".json").ok_or(ApiError::NotFound)?;
+    let mount: Path = format!("/#/{prefix}").parse().map_err(|_| ApiError::NotFound)?;
+    let state = api.interpreter.namer_state(&mount).ok_or(ApiError::NotFound)?;
+    Ok(document(Some("application/json"), json(&state)))
+}
+
 /// `GET /api/1/bound-names[?watch=]`: the concrete names the enumerating namers know.
 pub(crate) async fn bound_names(State(api): State<HttpApi>, Query(q): Query<NameQuery>) -> Result<Response, ApiError> {
     let render = |names: Vec<Path>| json(&names.iter().map(ToString::to_string).collect::<Vec<_>>());

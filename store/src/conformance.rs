@@ -1,36 +1,41 @@
-//! The conformance suite every backend runs, and helpers shared by the backend test files.
+//! The conformance suite every backend runs (feature `conformance`), and helpers for backend
+//! tests: a backend implements [`Backend`] and generates one test per case with
+//! [`conformance_tests!`](crate::conformance_tests):
 //!
-//! Each test binary uses only some of the helpers.
-#![allow(dead_code)]
+//! ```ignore
+//! waymark_store::conformance_tests!(#[tokio::test] MyBackend::new());
+//! ```
+//!
+//! Every backend passes exactly these cases: memory, file, etcd, and Kubernetes.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::{ChangeMeta, DtabStore, HistoryPage, MAX_DTAB_BYTES, Namespace, StoreError, Version, VersionedDtab};
 use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use waymark_dtab::Dtab;
-use waymark_store::{
-    ChangeMeta, DtabStore, HistoryPage, MAX_DTAB_BYTES, Namespace, StoreError, Version, VersionedDtab,
-};
 
 /// Guards against a hang when an expected change never comes; tests never assert on time.
-pub(crate) const HANG_GUARD: Duration = Duration::from_secs(60);
+pub const HANG_GUARD: Duration = Duration::from_secs(60);
 
 /// The history limit stores under conformance are opened with.
-pub(crate) const CONFORMANCE_HISTORY_LIMIT: usize = 5;
+pub const CONFORMANCE_HISTORY_LIMIT: usize = 5;
 
 /// A backend under test: opens store instances over one shared set of backing data (one
 /// directory, one etcd prefix), as several namer processes would.
 #[async_trait]
-pub(crate) trait Backend: Send + Sync {
+pub trait Backend: Send + Sync {
     /// A new instance with the given history limit, synced with the backing data.
     async fn open(&self, history_limit: usize) -> Arc<dyn DtabStore>;
 }
 
-/// Generates one test per conformance case, each with a fresh backend from `$backend`.
+/// Generates one test per conformance case, each with a fresh backend from `$backend`, in a
+/// module named `conformance`.
+#[macro_export]
 macro_rules! conformance_tests {
     (#[$test:meta] $backend:expr) => {
         conformance_tests!(@cases #[$test] $backend;
@@ -76,32 +81,28 @@ macro_rules! conformance_tests {
                 #[$test]
                 async fn $case() {
                     let backend = $backend;
-                    crate::common::$case(&backend).await;
+                    $crate::conformance::$case(&backend).await;
                 }
             )*
         }
     };
 }
-pub(crate) use conformance_tests;
+pub use conformance_tests;
 
-pub(crate) fn ns(name: &str) -> Namespace {
+pub fn ns(name: &str) -> Namespace {
     name.parse().unwrap()
 }
 
-pub(crate) fn dtab(text: &str) -> Dtab {
+pub fn dtab(text: &str) -> Dtab {
     text.parse().unwrap()
 }
 
-pub(crate) fn meta() -> ChangeMeta {
+pub fn meta() -> ChangeMeta {
     ChangeMeta::default()
 }
 
 /// Waits until the watched value satisfies `pred`, and returns it.
-pub(crate) async fn until<T: Clone + Debug>(
-    rx: &mut watch::Receiver<T>,
-    what: &str,
-    mut pred: impl FnMut(&T) -> bool,
-) -> T {
+pub async fn until<T: Clone + Debug>(rx: &mut watch::Receiver<T>, what: &str, mut pred: impl FnMut(&T) -> bool) -> T {
     let outcome = tokio::time::timeout(HANG_GUARD, rx.wait_for(|v| pred(v))).await.map(|r| r.map(|v| v.clone()));
     match outcome {
         Ok(Ok(value)) => value,
@@ -111,14 +112,14 @@ pub(crate) async fn until<T: Clone + Debug>(
 }
 
 /// Waits until the namespace's watch holds `expected` (`None`: absent).
-pub(crate) async fn until_dtab(store: &dyn DtabStore, name: &str, expected: Option<&str>) -> Option<VersionedDtab> {
+pub async fn until_dtab(store: &dyn DtabStore, name: &str, expected: Option<&str>) -> Option<VersionedDtab> {
     let mut rx = store.watch(&ns(name));
     let expected = expected.map(dtab);
     until(&mut rx, &format!("{name} to hold {expected:?}"), |v| v.as_ref().map(|v| &v.dtab) == expected.as_ref()).await
 }
 
 /// Polls `check` until it holds, for state that has no watch (such as metrics).
-pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let start = tokio::time::Instant::now();
     while !check() {
         assert!(start.elapsed() < HANG_GUARD, "gave up waiting for {what}");
@@ -126,7 +127,7 @@ pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-pub(crate) async fn create_then_get_returns_the_dtab_and_its_version(b: &dyn Backend) {
+pub async fn create_then_get_returns_the_dtab_and_its_version(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let version = store.create(&ns("web"), &dtab("/svc=>/#/io.l5d.fs"), &meta()).await.unwrap();
     let got = store.get(&ns("web")).await.unwrap();
@@ -135,7 +136,7 @@ pub(crate) async fn create_then_get_returns_the_dtab_and_its_version(b: &dyn Bac
     assert_eq!(store.list().await.unwrap(), vec![ns("web")]);
 }
 
-pub(crate) async fn create_fails_when_the_namespace_exists(b: &dyn Backend) {
+pub async fn create_fails_when_the_namespace_exists(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let version = store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
     assert_eq!(store.create(&ns("web"), &dtab("/a=>/c"), &meta()).await, Err(StoreError::Exists));
@@ -143,13 +144,13 @@ pub(crate) async fn create_fails_when_the_namespace_exists(b: &dyn Backend) {
     assert_eq!((got.version, got.dtab), (version, dtab("/a=>/b")));
 }
 
-pub(crate) async fn get_of_a_missing_namespace_is_not_found(b: &dyn Backend) {
+pub async fn get_of_a_missing_namespace_is_not_found(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     assert_eq!(store.get(&ns("nowhere")).await, Err(StoreError::NotFound(ns("nowhere"))));
     assert!(store.list().await.unwrap().is_empty());
 }
 
-pub(crate) async fn put_creates_and_replaces(b: &dyn Backend) {
+pub async fn put_creates_and_replaces(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let v1 = store.put(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
     assert_eq!(store.get(&ns("web")).await.unwrap().version, v1);
@@ -159,7 +160,7 @@ pub(crate) async fn put_creates_and_replaces(b: &dyn Backend) {
     assert_eq!((got.version, got.dtab), (v2, dtab("/a=>/c")));
 }
 
-pub(crate) async fn update_with_the_current_version_replaces(b: &dyn Backend) {
+pub async fn update_with_the_current_version_replaces(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let v1 = store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
     let v2 = store.update(&ns("web"), &dtab("/a=>/c"), &v1, &meta()).await.unwrap();
@@ -170,7 +171,7 @@ pub(crate) async fn update_with_the_current_version_replaces(b: &dyn Backend) {
     assert_eq!(store.get(&ns("web")).await.unwrap().version, v3);
 }
 
-pub(crate) async fn update_with_a_stale_version_conflicts(b: &dyn Backend) {
+pub async fn update_with_a_stale_version_conflicts(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let v1 = store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
     let v2 = store.update(&ns("web"), &dtab("/a=>/c"), &v1, &meta()).await.unwrap();
@@ -179,7 +180,7 @@ pub(crate) async fn update_with_a_stale_version_conflicts(b: &dyn Backend) {
     assert_eq!((got.version, got.dtab), (v2, dtab("/a=>/c")));
 }
 
-pub(crate) async fn update_with_a_foreign_version_conflicts(b: &dyn Backend) {
+pub async fn update_with_a_foreign_version_conflicts(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
     for foreign in [Version::from_bytes("not a version"), Version::from_bytes(""), Version::from_bytes([0xff; 3])] {
@@ -188,7 +189,7 @@ pub(crate) async fn update_with_a_foreign_version_conflicts(b: &dyn Backend) {
     assert_eq!(store.get(&ns("web")).await.unwrap().dtab, dtab("/a=>/b"));
 }
 
-pub(crate) async fn update_of_a_missing_namespace_is_not_found(b: &dyn Backend) {
+pub async fn update_of_a_missing_namespace_is_not_found(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let other = store.create(&ns("other"), &dtab("/a=>/b"), &meta()).await.unwrap();
     assert_eq!(store.update(&ns("web"), &dtab("/a=>/b"), &other, &meta()).await, Err(StoreError::NotFound(ns("web"))));
@@ -199,7 +200,7 @@ pub(crate) async fn update_of_a_missing_namespace_is_not_found(b: &dyn Backend) 
     assert_eq!(store.get(&ns("web")).await, Err(StoreError::NotFound(ns("web"))));
 }
 
-pub(crate) async fn concurrent_updates_from_one_version_let_exactly_one_win(b: &dyn Backend) {
+pub async fn concurrent_updates_from_one_version_let_exactly_one_win(b: &dyn Backend) {
     let first = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let second = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let (web, one, two, meta) = (ns("web"), dtab("/a=>/one"), dtab("/a=>/two"), meta());
@@ -215,7 +216,7 @@ pub(crate) async fn concurrent_updates_from_one_version_let_exactly_one_win(b: &
     assert_eq!((got.version, got.dtab), winner);
 }
 
-pub(crate) async fn delete_removes_and_a_second_delete_is_not_found(b: &dyn Backend) {
+pub async fn delete_removes_and_a_second_delete_is_not_found(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
     store.create(&ns("api"), &dtab("/a=>/b"), &meta()).await.unwrap();
@@ -226,7 +227,7 @@ pub(crate) async fn delete_removes_and_a_second_delete_is_not_found(b: &dyn Back
     assert_eq!(store.delete(&ns("never"), &meta()).await, Err(StoreError::NotFound(ns("never"))));
 }
 
-pub(crate) async fn a_deleted_namespace_can_be_created_again(b: &dyn Backend) {
+pub async fn a_deleted_namespace_can_be_created_again(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
     store.delete(&ns("web"), &meta()).await.unwrap();
@@ -235,7 +236,7 @@ pub(crate) async fn a_deleted_namespace_can_be_created_again(b: &dyn Backend) {
     assert_eq!((got.version, got.dtab), (version, dtab("/a=>/c")));
 }
 
-pub(crate) async fn a_version_from_before_a_delete_and_re_create_is_stale(b: &dyn Backend) {
+pub async fn a_version_from_before_a_delete_and_re_create_is_stale(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let old = store.create(&ns("web"), &dtab("/a=>/old"), &meta()).await.unwrap();
     store.delete(&ns("web"), &meta()).await.unwrap();
@@ -247,7 +248,7 @@ pub(crate) async fn a_version_from_before_a_delete_and_re_create_is_stale(b: &dy
     assert_eq!(store.get(&ns("web")).await.unwrap().dtab, dtab("/a=>/new"));
 }
 
-pub(crate) async fn versions_never_repeat_in_history(b: &dyn Backend) {
+pub async fn versions_never_repeat_in_history(b: &dyn Backend) {
     let store = b.open(20).await;
     let web = store.create(&ns("web"), &dtab("/a=>/1"), &meta()).await.unwrap();
     store.create(&ns("api"), &dtab("/a=>/1"), &meta()).await.unwrap();
@@ -260,7 +261,7 @@ pub(crate) async fn versions_never_repeat_in_history(b: &dyn Backend) {
     assert_eq!(distinct.len(), history.len(), "{history:?}");
 }
 
-pub(crate) async fn delete_at_the_current_version_deletes(b: &dyn Backend) {
+pub async fn delete_at_the_current_version_deletes(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let version = store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
     store.delete_at(&ns("web"), &version, &ChangeMeta::by("alice")).await.unwrap();
@@ -269,7 +270,7 @@ pub(crate) async fn delete_at_the_current_version_deletes(b: &dyn Backend) {
     assert_eq!((history[0].dtab.as_ref(), history[0].author.as_deref()), (None, Some("alice")));
 }
 
-pub(crate) async fn delete_at_a_stale_or_foreign_version_conflicts_and_keeps_the_dtab(b: &dyn Backend) {
+pub async fn delete_at_a_stale_or_foreign_version_conflicts_and_keeps_the_dtab(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let first = store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
     store.update(&ns("web"), &dtab("/a=>/c"), &first, &meta()).await.unwrap();
@@ -280,7 +281,7 @@ pub(crate) async fn delete_at_a_stale_or_foreign_version_conflicts_and_keeps_the
     assert_eq!(store.get(&ns("web")).await.unwrap().dtab, dtab("/a=>/c"));
 }
 
-pub(crate) async fn delete_at_of_a_missing_namespace_is_not_found(b: &dyn Backend) {
+pub async fn delete_at_of_a_missing_namespace_is_not_found(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let version = store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
     store.delete(&ns("web"), &meta()).await.unwrap();
@@ -288,7 +289,7 @@ pub(crate) async fn delete_at_of_a_missing_namespace_is_not_found(b: &dyn Backen
     assert_eq!(store.delete_at(&ns("never"), &version, &meta()).await, Err(StoreError::NotFound(ns("never"))));
 }
 
-pub(crate) async fn list_is_sorted(b: &dyn Backend) {
+pub async fn list_is_sorted(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     for name in ["c", "a-b", "B", "a", "a.b", "a_b"] {
         store.create(&ns(name), &dtab("/a=>/b"), &meta()).await.unwrap();
@@ -298,7 +299,7 @@ pub(crate) async fn list_is_sorted(b: &dyn Backend) {
     assert_eq!(store.list().await.unwrap(), expected);
 }
 
-pub(crate) async fn dtabs_round_trip_in_canonical_form(b: &dyn Backend) {
+pub async fn dtabs_round_trip_in_canonical_form(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let written =
         dtab("/svc => /#/io.l5d.k8s/prod/http ;\n# canary\n/svc/web => 0.9 * /s/web-v1 & 0.1 * /s/web-v2 | /s/old;");
@@ -311,7 +312,7 @@ pub(crate) async fn dtabs_round_trip_in_canonical_form(b: &dyn Backend) {
     );
 }
 
-pub(crate) async fn an_empty_dtab_round_trips(b: &dyn Backend) {
+pub async fn an_empty_dtab_round_trips(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let version = store.create(&ns("empty"), &Dtab::empty(), &meta()).await.unwrap();
     let got = store.get(&ns("empty")).await.unwrap();
@@ -319,7 +320,7 @@ pub(crate) async fn an_empty_dtab_round_trips(b: &dyn Backend) {
     assert_eq!(store.list().await.unwrap(), vec![ns("empty")]);
 }
 
-pub(crate) async fn an_invalid_dtab_is_rejected_and_never_stored(b: &dyn Backend) {
+pub async fn an_invalid_dtab_is_rejected_and_never_stored(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let dentry = format!("/{0}=>/{0}", "a".repeat(1000));
     let oversized = dtab(&vec![dentry; MAX_DTAB_BYTES / 2000 + 1].join(";"));
@@ -338,7 +339,7 @@ pub(crate) async fn an_invalid_dtab_is_rejected_and_never_stored(b: &dyn Backend
     assert_eq!(store.history(&ns("web")).await.unwrap().len(), 1);
 }
 
-pub(crate) async fn watch_starts_with_the_current_value_and_follows_every_change(b: &dyn Backend) {
+pub async fn watch_starts_with_the_current_value_and_follows_every_change(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let mut rx = store.watch(&ns("web"));
     assert_eq!(*rx.borrow_and_update(), None);
@@ -359,7 +360,7 @@ pub(crate) async fn watch_starts_with_the_current_value_and_follows_every_change
     until(&mut rx, "the delete", |v| v.is_none()).await;
 }
 
-pub(crate) async fn watch_sees_writes_from_another_instance(b: &dyn Backend) {
+pub async fn watch_sees_writes_from_another_instance(b: &dyn Backend) {
     let watcher = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let writer = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let mut rx = watcher.watch(&ns("web"));
@@ -380,7 +381,7 @@ pub(crate) async fn watch_sees_writes_from_another_instance(b: &dyn Backend) {
     until(&mut rx, "the other instance's delete", |v| v.is_none()).await;
 }
 
-pub(crate) async fn watch_of_an_existing_namespace_on_a_new_instance_starts_with_its_value(b: &dyn Backend) {
+pub async fn watch_of_an_existing_namespace_on_a_new_instance_starts_with_its_value(b: &dyn Backend) {
     let writer = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let version = writer.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
     let reader = b.open(CONFORMANCE_HISTORY_LIMIT).await;
@@ -389,7 +390,7 @@ pub(crate) async fn watch_of_an_existing_namespace_on_a_new_instance_starts_with
     assert_eq!(**reader.watch_list().borrow(), vec![ns("web")]);
 }
 
-pub(crate) async fn watch_list_follows_the_set_of_namespaces(b: &dyn Backend) {
+pub async fn watch_list_follows_the_set_of_namespaces(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let other = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let mut rx = store.watch_list();
@@ -406,7 +407,7 @@ pub(crate) async fn watch_list_follows_the_set_of_namespaces(b: &dyn Backend) {
     assert_eq!(**rx.borrow(), [ns("a")]);
 }
 
-pub(crate) async fn history_records_every_write_newest_first_with_author_and_message(b: &dyn Backend) {
+pub async fn history_records_every_write_newest_first_with_author_and_message(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let v1 = store.create(&ns("web"), &dtab("/a=>/1"), &ChangeMeta::by("alice").with_message("first")).await.unwrap();
     let v2 = store.put(&ns("web"), &dtab("/a=>/2"), &ChangeMeta::by("bob")).await.unwrap();
@@ -434,7 +435,7 @@ pub(crate) async fn history_records_every_write_newest_first_with_author_and_mes
     assert!(history.windows(2).all(|w| w[0].at >= w[1].at), "newest first: {history:?}");
 }
 
-pub(crate) async fn history_is_shared_between_instances(b: &dyn Backend) {
+pub async fn history_is_shared_between_instances(b: &dyn Backend) {
     let first = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let second = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let v1 = first.create(&ns("web"), &dtab("/a=>/1"), &ChangeMeta::by("alice")).await.unwrap();
@@ -447,7 +448,7 @@ pub(crate) async fn history_is_shared_between_instances(b: &dyn Backend) {
     }
 }
 
-pub(crate) async fn history_keeps_only_the_newest_entries_up_to_the_limit(b: &dyn Backend) {
+pub async fn history_keeps_only_the_newest_entries_up_to_the_limit(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let writes = CONFORMANCE_HISTORY_LIMIT * 3 + 1;
     let mut versions = Vec::new();
@@ -462,12 +463,12 @@ pub(crate) async fn history_keeps_only_the_newest_entries_up_to_the_limit(b: &dy
     assert_eq!(history.iter().map(|e| &e.version).collect::<Vec<_>>(), newest);
 }
 
-pub(crate) async fn history_of_an_unknown_namespace_is_not_found(b: &dyn Backend) {
+pub async fn history_of_an_unknown_namespace_is_not_found(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     assert_eq!(store.history(&ns("never")).await, Err(StoreError::NotFound(ns("never"))));
 }
 
-pub(crate) async fn history_pages_read_the_history_in_order_within_their_size(b: &dyn Backend) {
+pub async fn history_pages_read_the_history_in_order_within_their_size(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let ns_ = ns("web");
     for i in 0..7 {
@@ -498,7 +499,7 @@ pub(crate) async fn history_pages_read_the_history_in_order_within_their_size(b:
     assert_eq!(missing, Err(StoreError::NotFound(ns("never"))));
 }
 
-pub(crate) async fn rollback_restores_an_old_dtab_and_is_itself_recorded(b: &dyn Backend) {
+pub async fn rollback_restores_an_old_dtab_and_is_itself_recorded(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     let v1 = store.create(&ns("web"), &dtab("/a=>/good"), &meta()).await.unwrap();
     let v2 = store.update(&ns("web"), &dtab("/a=>/bad"), &v1, &meta()).await.unwrap();
@@ -520,7 +521,7 @@ pub(crate) async fn rollback_restores_an_old_dtab_and_is_itself_recorded(b: &dyn
     assert_eq!(store.update(&ns("web"), &dtab("/a=>/x"), &v2, &meta()).await, Err(StoreError::Conflict));
 }
 
-pub(crate) async fn rollback_to_an_unknown_version_is_invalid(b: &dyn Backend) {
+pub async fn rollback_to_an_unknown_version_is_invalid(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     store.create(&ns("web"), &dtab("/a=>/b"), &meta()).await.unwrap();
     let result = store.rollback(&ns("web"), &Version::from_bytes("no such version"), &meta()).await;
@@ -531,7 +532,7 @@ pub(crate) async fn rollback_to_an_unknown_version_is_invalid(b: &dyn Backend) {
     );
 }
 
-pub(crate) async fn health_is_available_and_synced(b: &dyn Backend) {
+pub async fn health_is_available_and_synced(b: &dyn Backend) {
     let store = b.open(CONFORMANCE_HISTORY_LIMIT).await;
     store.list().await.unwrap();
     let health = store.health().borrow().clone();
@@ -550,7 +551,7 @@ struct Success {
 /// alternating between two store instances over the same backing data, retrying on conflict.
 /// Then history must hold exactly the successful writes, each one built on the version
 /// before it: no update lost, none applied twice, none out of order.
-pub(crate) async fn cas_stress(first: Arc<dyn DtabStore>, second: Arc<dyn DtabStore>, writers: usize, updates: usize) {
+pub async fn cas_stress(first: Arc<dyn DtabStore>, second: Arc<dyn DtabStore>, writers: usize, updates: usize) {
     let target = ns("contended");
     let initial = first.create(&target, &dtab("/w=>/initial"), &meta()).await.unwrap();
     let mut tasks = JoinSet::new();
